@@ -1,0 +1,147 @@
+"""Versioned JSON records of a recipe's run: ``baselines/<profile>/<recipe>.json`` (+ thumbnail PNGs).
+
+A record is data from a run, never typed by hand: device, versions, model source, settings, raw samples.
+Writes are atomic (temporary file + rename), so a killed run never leaves a half-written or lost record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perf.errors import BaselineError
+
+SCHEMA_VERSION = 1
+REQUIRED = ("schema", "profile", "recipe", "model_source", "device", "emulated", "latency", "versions")
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "torchao", "bitsandbytes", "flash-attn-3")
+THUMBNAIL = 128
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root or Path(__file__).parent, capture_output=True,
+            text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record_path(root: Path, profile: str, recipe: str) -> Path:
+    return Path(root) / profile / f"{recipe}.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_thumbnail(image: np.ndarray, path: Path) -> None:
+    """A float [0, 1] HxWx3 image as a PNG no larger than THUMBNAIL pixels a side."""
+    import io
+
+    from PIL import Image
+
+    pil = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+    pil.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_thumbnail(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def write_record(root: Path, record: dict[str, Any], images: dict[str, np.ndarray] | None = None,
+                 overwrite_foreign: bool = False) -> Path:
+    """Write ``record`` (and its thumbnails) under ``root``; refuse to replace a record of another device or
+    model source unless ``overwrite_foreign``. Returns the record's path."""
+    path = record_path(root, record["profile"], record["recipe"]["name"])
+    if path.exists() and not overwrite_foreign:
+        try:
+            old = read_record(path)
+        except BaselineError:
+            old = None  # a corrupt record may be replaced
+        if old is not None and (old["device"], old["model_source"]) != (record["device"], record["model_source"]):
+            raise BaselineError(
+                f"{path} holds a baseline from {old['device']} / {old['model_source']}; this run is "
+                f"{record['device']} / {record['model_source']}. Pass --overwrite-foreign-baselines to replace it"
+            )
+    record = {**record, "images": {}}
+    for adapter, image in (images or {}).items():
+        png = path.with_name(f"{path.stem}.{adapter}.png")
+        save_thumbnail(image, png)
+        record["images"][adapter] = png.name
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A validated record; ``BaselineError`` naming the file and the problem otherwise."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BaselineError(f"no baseline at {path}; record one with --update-baselines") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"baseline {path} is corrupt ({exc}); restore it from git or re-record it") from exc
+    if not isinstance(record, dict):
+        raise BaselineError(f"baseline {path} is not a JSON object")
+    if record.get("schema") != SCHEMA_VERSION:
+        raise BaselineError(
+            f"baseline {path} has schema version {record.get('schema')!r}; this suite reads version "
+            f"{SCHEMA_VERSION}: re-record it with --update-baselines"
+        )
+    missing = [key for key in REQUIRED if key not in record]
+    if missing:
+        raise BaselineError(f"baseline {path} lacks {', '.join(missing)}; re-record it with --update-baselines")
+    return record
+
+
+def read_records(root: Path, profile: str) -> dict[str, dict[str, Any]]:
+    """All records of ``profile`` keyed by recipe name (corrupt ones raise)."""
+    folder = Path(root) / profile
+    return {p.stem: read_record(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def comparable(baseline: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Why two records cannot be compared (other device, model source or settings), or None."""
+    for key in ("device", "model_source", "settings", "emulated"):
+        if baseline.get(key) != record.get(key):
+            return f"{key} differs: baseline {baseline.get(key)!r}, this run {record.get(key)!r}"
+    return None

@@ -1,0 +1,158 @@
+"""The one place a recipe is applied: ``build_pipeline(source, recipe, profile, pool)``.
+
+Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
+first LoRA -> CPU offload -> compile. Hot-swap must be enabled before the first adapter is loaded and before the
+transformer is compiled, or the second adapter recompiles.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perf.attention import AttentionChoice, choose_attention
+from perf.loras import LoraAdapter, LoraPool, check_hotswap
+from perf.models import ModelSource, load_pipeline
+from perf.profiles import ActiveProfile
+from perf.recipes import Recipe
+from perf.settings import GenerationSettings
+
+HOTSWAP_ADAPTER = "default_0"  # the seed loads every adapter under one name when hot-swapping
+INJECT_DELAY_ENV = "FLUX_LORA_PERF_INJECT_DELAY_S"  # tests of the gate only: a slowdown it must catch
+
+
+@dataclass
+class BuiltPipeline:
+    """A pipeline with a recipe applied, and the one way to swap adapters and generate with it."""
+
+    pipe: object
+    recipe: Recipe
+    active: ActiveProfile
+    source: ModelSource
+    pool: LoraPool
+    settings: GenerationSettings
+    attention: AttentionChoice
+    target_rank: int
+    build_seconds: float = 0.0
+    first: LoraAdapter | None = None
+    current: LoraAdapter | None = None
+    loads: int = 0
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def device_type(self) -> str:
+        return self.active.device.type
+
+    def load_adapter(self, adapter: LoraAdapter) -> None:
+        """Hot-swap ``adapter`` in (recipes with hot-swap) or unload and load it as a new adapter (without)."""
+        pipe = self.pipe
+        if self.current is None:
+            if self.recipe.hotswap:
+                check_hotswap(adapter, adapter, self.target_rank)
+            pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER)
+            self.first = adapter
+        elif self.recipe.hotswap:
+            check_hotswap(self.first, adapter, self.target_rank)
+            pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER, hotswap=True)
+        else:
+            pipe.unload_lora_weights()
+            name = f"adapter_{self.loads}"
+            pipe.load_lora_weights(str(adapter.path), adapter_name=name)
+            pipe.set_adapters(name)
+        self.current = adapter
+        self.loads += 1
+
+    def generate(self, adapter: LoraAdapter | None = None) -> np.ndarray:
+        """One full pipeline call (text encoding, denoising, VAE decode) -> HxWx3 float image in [0, 1]."""
+        prompt = (adapter or self.current).prompt
+        generator = torch.Generator("cpu").manual_seed(self.settings.seed)
+        image = self.pipe(
+            prompt=prompt, generator=generator, output_type="np", **self.settings.pipeline_kwargs()
+        ).images[0]
+        delay = float(os.environ.get(INJECT_DELAY_ENV, "0") or 0)
+        if delay:
+            time.sleep(delay)
+        return image
+
+
+def attention_shape(pipe, settings: GenerationSettings) -> tuple[int, int, int, int]:
+    """(batch, tokens, heads, head_dim) of the transformer's joint attention at these settings."""
+    cfg = pipe.transformer.config
+    patch = pipe.vae_scale_factor * 2
+    tokens = (settings.height // patch) * (settings.width // patch) + settings.max_sequence_length
+    return (1, tokens, cfg.num_attention_heads, cfg.attention_head_dim)
+
+
+def _nf4_text_encoder_2(source: ModelSource, pipe, cache: Path):
+    """T5 in NF4 through bitsandbytes, quantized at load as the seed does (saved first when synthetic)."""
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    if source.kind == "pretrained":
+        where, subfolder = source.location, "text_encoder_2"
+    else:
+        where, subfolder = cache / "models" / f"{source.location}-text_encoder_2", None
+        if not (where / "config.json").is_file():
+            pipe.text_encoder_2.save_pretrained(where)
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    return T5EncoderModel.from_pretrained(where, quantization_config=config, torch_dtype=torch.bfloat16, **kwargs)
+
+
+def _fp8(transformer) -> str:
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (= float8dq_e4m3_row)"
+
+
+def build_pipeline(
+    source: ModelSource,
+    recipe: Recipe,
+    active: ActiveProfile,
+    pool: LoraPool,
+    settings: GenerationSettings,
+    cache: Path,
+    first: LoraAdapter | None = None,
+    target_rank: int | None = None,
+) -> BuiltPipeline:
+    """Build ``recipe`` on ``active``'s device with ``first`` (default: the pool's first adapter) loaded."""
+    started = time.perf_counter()
+    device = active.device.type
+    pipe = load_pipeline(source, active.profile.dtype, device, cache)
+    pipe.set_progress_bar_config(disable=True)
+    facts: dict = {}
+    if recipe.t5_nf4:
+        text_encoder_2 = _nf4_text_encoder_2(source, pipe, cache)
+        pipe.text_encoder_2 = None
+        pipe.register_modules(text_encoder_2=text_encoder_2)
+        facts["t5"] = "bitsandbytes NF4"
+    attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
+    pipe.transformer.set_attention_backend(attention.backend)
+    if recipe.fp8:
+        facts["fp8"] = _fp8(pipe.transformer)
+    built = BuiltPipeline(
+        pipe, recipe, active, source, pool, settings, attention, target_rank or pool.max_rank, facts=facts
+    )
+    if recipe.hotswap:
+        pipe.enable_lora_hotswap(target_rank=built.target_rank)
+    built.load_adapter(first or pool.adapters[0])
+    if recipe.offload:
+        pipe.to("cpu")
+        pipe.enable_model_cpu_offload()
+    if recipe.compiled:
+        fullgraph = not recipe.offload  # the seed compiles offloaded pipelines without fullgraph
+        compile_kwargs = {"fullgraph": fullgraph, "mode": recipe.compile_mode}
+        if recipe.compile == "full":
+            pipe.transformer.compile(**compile_kwargs)
+        else:
+            pipe.transformer.compile_repeated_blocks(**compile_kwargs)
+        facts["compile"] = f"{recipe.compile} fullgraph={fullgraph} mode={recipe.compile_mode or 'default'}"
+    built.build_seconds = time.perf_counter() - started
+    return built

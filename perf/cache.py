@@ -1,0 +1,25 @@
+"""The one folder for everything the suite generates outside the source tree (synthetic models and LoRAs,
+compile caches). Configurable with ``--cache-dir`` or ``FLUX_LORA_PERF_CACHE``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+ENV_VAR = "FLUX_LORA_PERF_CACHE"
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``override``, else ``$FLUX_LORA_PERF_CACHE``, else ``~/.cache/flux-lora-perf``."""
+    root = override or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "flux-lora-perf"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def clear_cache(override: str | os.PathLike | None = None) -> Path:
+    """Delete the cache folder and everything in it; returns the path removed."""
+    path = cache_dir(override)
+    shutil.rmtree(path)
+    return path

@@ -1,0 +1,78 @@
+"""Timing and memory probes that mean the same on CPU and GPU: device work is synchronized before a clock is
+read; GPU peak memory comes from the caching allocator, CPU peak from the process's resident-set high mark."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+
+
+def synchronize(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device_type: str) -> tuple[float, object]:
+    """Seconds ``fn`` takes with the device synchronized on both ends, and its result."""
+    synchronize(device_type)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device_type)
+    return time.perf_counter() - start, result
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    allocated_gib: float | None  # GPU: max_memory_allocated; CPU: None
+    reserved_gib: float  # GPU: max_memory_reserved; CPU: process peak RSS (VmHWM)
+    kind: str  # "cuda" or "cpu-rss"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rss_high_water_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / GIB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def reset_peak(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:  # "5" resets the kernel's resident-set high-water mark for this process (Linux)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def read_peak(device_type: str) -> PeakMemory:
+    if device_type == "cuda":
+        return PeakMemory(
+            torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB, "cuda"
+        )
+    return PeakMemory(None, _rss_high_water_gib(), "cpu-rss")
+
+
+def free_memory(device_type: str) -> None:
+    """Return cached memory after a variant so the next one starts clean."""
+    import gc
+
+    gc.collect()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def in_use_gib(device_type: str) -> float:
+    return torch.cuda.memory_allocated() / GIB if device_type == "cuda" else 0.0

@@ -1,0 +1,195 @@
+"""Model sources: a real FLUX.1-dev (hub id or local folder) or the embedded synthetic FLUX-architecture model.
+
+No hub is reachable here, so the suite ships FLUX.1-dev-shaped models with seeded random weights: speed and
+memory do not depend on weight values. ``synthetic-tiny`` (CPU) is saved in diffusers format under the cache
+folder and loaded back with ``FluxPipeline.from_pretrained``, the same path a real model takes.
+``synthetic-full`` (FLUX.1-dev's real sizes) is built directly on the GPU: writing 33 GB to disk and reading it
+back would cost more device time than the whole row it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perf.errors import SuiteError
+
+SYNTHETIC_SEED = 0
+SYNTHETIC_VERSION = 1  # bump when the synthetic configs change, so stale caches are rebuilt
+
+# FLUX.1-dev's component configs (black-forest-labs/FLUX.1-dev), and a tiny model of the same architecture.
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "transformer": dict(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+            latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+            use_quant_conv=False, use_post_quant_conv=False,
+        ),
+        "clip": dict(
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+            projection_dim=768, max_position_embeddings=77, hidden_act="quick_gelu",
+        ),
+        "t5": dict(
+            d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=32, is_gated_act=True, dense_act_fn="gelu_new",
+        ),
+    },
+    "tiny": {
+        "transformer": dict(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(4, 4, 8),
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
+            latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=1.5035, shift_factor=0.0609,
+            use_quant_conv=False, use_post_quant_conv=False,
+        ),
+        "clip": dict(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+            max_position_embeddings=77, hidden_act="quick_gelu",
+        ),
+        "t5": dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+                   relative_attention_num_buckets=8, is_gated_act=True, dense_act_fn="gelu_new"),
+    },
+}
+# FLUX.1-dev's scheduler settings.
+SCHEDULER_CONFIG = dict(
+    base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, num_train_timesteps=1000,
+    shift=3.0, use_dynamic_shifting=True,
+)
+FULL_VOCAB = {"clip": 49408, "t5": 32128}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the pipeline comes from. ``label`` goes into every record and benchmark."""
+
+    kind: str  # "synthetic" or "pretrained"
+    size: str  # "tiny" or "full": picks the generation settings
+    location: str  # "synthetic-tiny", "synthetic-full", a hub id or a local folder
+
+    @property
+    def label(self) -> str:
+        return self.location if self.kind == "synthetic" else f"pretrained:{self.location}"
+
+
+def resolve_source(spec: str | None, default_size: str) -> ModelSource:
+    """``None`` -> the profile's embedded synthetic model; ``synthetic-tiny``/``-full``; else an id or path."""
+    spec = spec or f"synthetic-{default_size}"
+    if spec in ("synthetic-tiny", "synthetic-full"):
+        return ModelSource("synthetic", spec.removeprefix("synthetic-"), spec)
+    # A hub id is "owner/name"; anything else is a folder.
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    path = Path(spec).expanduser()
+    if path.exists() or looks_like_path:
+        if not path.is_dir():
+            raise SuiteError(f"--model {spec}: no such folder; give a FLUX.1-dev folder in diffusers format or a hub id")
+        if not (path / "model_index.json").is_file():
+            raise SuiteError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
+        index = json.loads((path / "model_index.json").read_text())
+        if index.get("_class_name") != "FluxPipeline":
+            raise SuiteError(f"--model {spec}: is a {index.get('_class_name')!r}, not a FluxPipeline")
+        return ModelSource("pretrained", "full", str(path.resolve()))
+    return ModelSource("pretrained", "full", spec)
+
+
+def synthetic_tokenizers():
+    """CLIP and T5 tokenizers built offline: byte-level characters, no merges. Real ids, no hub."""
+    from transformers import CLIPTokenizer, T5Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in bytes_to_unicode().values():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    clip = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(33, 127)]
+    t5 = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+    return clip, t5
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_synthetic_pipeline(size: str, dtype: torch.dtype, device: str | torch.device = "cpu"):
+    """A FluxPipeline of FLUX.1-dev's architecture with seeded random weights (default inits: never zeros)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    cfg = CONFIGS[size]
+    clip_tok, t5_tok = synthetic_tokenizers()
+    clip_vocab = FULL_VOCAB["clip"] if size == "full" else len(clip_tok)
+    t5_vocab = FULL_VOCAB["t5"] if size == "full" else len(t5_tok)
+    with _default_dtype(dtype), torch.device(device):
+        torch.manual_seed(SYNTHETIC_SEED)
+        transformer = FluxTransformer2DModel(**cfg["transformer"])
+        torch.manual_seed(SYNTHETIC_SEED + 1)
+        vae = AutoencoderKL(**cfg["vae"])
+        torch.manual_seed(SYNTHETIC_SEED + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(vocab_size=clip_vocab, bos_token_id=0, eos_token_id=1, pad_token_id=1, **cfg["clip"])
+        )
+        torch.manual_seed(SYNTHETIC_SEED + 3)
+        text_encoder_2 = T5EncoderModel(T5Config(vocab_size=t5_vocab, **cfg["t5"]))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG), vae=vae, text_encoder=text_encoder,
+        tokenizer=clip_tok, text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer,
+    )
+    return pipe.to(dtype=dtype)
+
+
+def synthetic_tiny_folder(cache: Path) -> Path:
+    """The tiny synthetic model in diffusers format under the cache, written once (atomically)."""
+    folder = cache / "models" / f"synthetic-tiny-v{SYNTHETIC_VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    try:
+        build_synthetic_pipeline("tiny", torch.float32).save_pretrained(staging)
+        if not (folder / "model_index.json").is_file():  # another process may have won the race
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: Path):
+    """The pipeline of ``source`` in ``dtype`` on ``device``."""
+    from diffusers import FluxPipeline
+
+    if source.location == "synthetic-full":
+        return build_synthetic_pipeline("full", dtype, device)
+    where = synthetic_tiny_folder(cache) if source.location == "synthetic-tiny" else source.location
+    try:
+        pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise SuiteError(
+            f"could not load the Flux pipeline {source.location!r}: {exc}. Without network access, give a local "
+            "folder or a model already in the Hugging Face cache (HF_HOME)"
+        ) from exc
+    return pipe.to(device)

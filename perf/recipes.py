@@ -1,0 +1,173 @@
+"""Recipes as data: one entry per row of the seed's tables (huggingface/lora-fast), plus our own rows.
+
+Adding a recipe = adding one ``Recipe`` to ``RECIPES``; every perf test picks it up for its profiles.
+``seed_flags`` are the seed's ``run_benchmark.py`` flags for the row, so the table stays reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from typing import Literal
+
+from perf.errors import SuiteError
+from perf.profiles import ActiveProfile
+
+Attention = Literal["fa3", "sdpa"]
+CompileScope = Literal["none", "full", "regional"]
+
+H100_PROFILES = ("cpu", "h100", "h200")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a pipeline is optimized. ``attention="fa3"`` means FlashAttention-3 when installed, otherwise the
+    fastest FlashAttention-class kernel found on the device (the record names the kernel that ran)."""
+
+    name: str
+    profiles: tuple[str, ...]
+    attention: Attention = "sdpa"
+    fp8: bool = False
+    compile: CompileScope = "none"
+    compile_mode: str | None = None  # torch.compile mode; None = default, as the seed ran it
+    hotswap: bool = True
+    offload: bool = False
+    t5_nf4: bool = False
+    seed_flags: str = ""
+    seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
+    note: str = ""
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile != "none"
+
+    @property
+    def expects_recompiles(self) -> bool:
+        """Compiled without hot-swap: every new adapter changes the graph (the seed's negative control)."""
+        return self.compiled and not self.hotswap
+
+    def eager_reference(self) -> Recipe:
+        """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against."""
+        return dataclasses.replace(self, name=f"{self.name}:reference", compile="none", hotswap=False)
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        # --- the seed's H100 table -------------------------------------------------------------------------
+        Recipe(
+            "baseline", H100_PROFILES, hotswap=False,
+            seed_flags="--disable_fa3 --disable_fp8 --disable_compile --disable_hotswap",
+            seed_row="baseline", note="bf16, SDPA, eager; adapters unloaded and loaded anew",
+        ),
+        Recipe(
+            "optimized", H100_PROFILES, attention="fa3", fp8=True, compile="regional",
+            seed_flags="(none)", seed_row="optimized",
+            note="FA3 + FP8 + compile + hot-swap. Regional: full-graph FP8 compile did not finish in 9.5 min "
+            "on torch 2.11 (GPU_NOTES.md); see optimized_fullgraph",
+        ),
+        Recipe(
+            "no_fp8", H100_PROFILES, attention="fa3", compile="full",
+            seed_flags="--disable_fp8", seed_row="no_fp8", note="FA3 + compile + hot-swap, bf16",
+        ),
+        Recipe(
+            "no_fa3", H100_PROFILES, fp8=True, compile="regional",
+            seed_flags="--disable_fa3", seed_row="no_fa3",
+            note="FP8 + compile + hot-swap, plain SDPA; regional for the same reason as optimized",
+        ),
+        Recipe(
+            "baseline_compile", H100_PROFILES, compile="full", hotswap=False,
+            seed_flags="--disable_fa3 --disable_fp8 --disable_hotswap --disable_recompile_error",
+            seed_row="baseline_compile",
+            note="negative control: compile without hot-swap recompiles on every new adapter",
+        ),
+        Recipe(
+            "no_fa3_fp8", H100_PROFILES, compile="full",
+            seed_flags="--disable_fa3 --disable_fp8", seed_row="no_fa3_fp8", note="compile + hot-swap, bf16, SDPA",
+        ),
+        Recipe(
+            "no_compile_fp8", H100_PROFILES, attention="fa3",
+            seed_flags="--disable_compile --disable_fp8", seed_row="no_compile_fp8", note="FA3 + hot-swap, eager",
+        ),
+        Recipe(
+            "no_compile", H100_PROFILES, attention="fa3", fp8=True,
+            seed_flags="--disable_compile", seed_row="no_compile", note="FA3 + FP8 + hot-swap, eager",
+        ),
+        # --- beyond the seed ---------------------------------------------------------------------------------
+        Recipe(
+            "hotswap_eager", ("cpu",),
+            note="hot-swap without compile, SDPA, full precision: the eager hot-swap path on any device",
+        ),
+        Recipe(
+            "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
+            seed_flags="(none)",
+            note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
+        ),
+        # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
+        Recipe(
+            "rtx4090_offload", ("rtx4090",), hotswap=False, offload=True,
+            seed_flags="--disable_fa3 --disable_fp8 --disable_compile --disable_hotswap --offload",
+            seed_row="offload (35.403 s)", note="bf16 with model CPU offload (~22 GB)",
+        ),
+        Recipe(
+            "rtx4090_offload_regional", ("rtx4090",), compile="regional", hotswap=False, offload=True,
+            seed_flags="--disable_fa3 --disable_fp8 --disable_hotswap --disable_recompile_error --offload",
+            seed_row="offload + compile_repeated_blocks (31.205 s)", note="offload + regional compile",
+        ),
+        Recipe(
+            "rtx4090_fp8_t5nf4", ("rtx4090",), fp8=True, t5_nf4=True,
+            seed_flags="--disable_fa3 --disable_compile --quantize_t5",
+            seed_row="baseline (fp8, T5 NF4, no compile)",
+            note="FP8 transformer + NF4 T5, no offload: fits 24 GB without offload",
+        ),
+        Recipe(
+            "rtx4090_optimized", ("rtx4090",), fp8=True, t5_nf4=True, compile="regional",
+            seed_flags="--disable_fa3 --quantize_t5", seed_row="optimized (2.04x)",
+            note="FP8 + NF4 T5 + compile + hot-swap, no offload",
+        ),
+        Recipe(
+            "rtx4090_bf16", ("rtx4090",), hotswap=False,
+            note="memory negative control: plain bf16 without offload must exceed the 24 GB budget",
+        ),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise SuiteError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}") from None
+
+
+def recipes_for(profile: str) -> list[Recipe]:
+    return [r for r in RECIPES.values() if profile in r.profiles]
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
+    """Why ``recipe`` cannot run as named on this device, or None. Never run something else under its name."""
+    profile, device = active.profile, active.device
+    where = active.describe()
+    cc = device.capability or (0, 0)
+    if recipe.fp8:
+        if not profile.fp8 or cc < (8, 9):
+            return f"FP8 needs a CUDA GPU of compute capability >= 8.9; {where} has none"
+        if not _installed("torchao"):
+            return "FP8 needs torchao (pip install '.[gpu]')"
+    if recipe.attention == "fa3" and (not profile.fa3 or cc < (9, 0)):
+        return f"FA3-class attention needs a Hopper GPU (compute capability 9.0); {where} has none"
+    if recipe.offload and device.type != "cuda":
+        return f"CPU offload needs a GPU to offload from; {where}"
+    if recipe.t5_nf4:
+        if not _installed("bitsandbytes"):
+            return "NF4 T5 needs bitsandbytes (pip install '.[gpu]')"
+        if device.type != "cuda":
+            return "NF4 T5 through bitsandbytes runs on CUDA here"
+    if recipe.fp8 and recipe.offload:
+        return "the seed refuses FP8 with offload (torchao FP8 does not support offloading)"
+    return None

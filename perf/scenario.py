@@ -1,0 +1,65 @@
+"""The serving scenario every recipe runs: warm up on adapter A (compile happens here), then swap to the other
+adapters and generate after each swap, counting compiled graphs and keeping each adapter's image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perf.builder import BuiltPipeline
+from perf.loras import LoraAdapter
+from perf.measure import PeakMemory, read_peak, reset_peak, timed
+from perf.watch import RecompileWatcher
+
+
+@dataclass(frozen=True)
+class SwapStep:
+    adapter: str
+    rank: int
+    load_seconds: float  # hot-swap (or unload + load) time
+    generate_seconds: float  # first generation after the swap
+    recompiles: int  # graphs compiled during the load and that generation
+
+
+@dataclass
+class ScenarioResult:
+    warmup_seconds: float  # first generation on adapter A, compile included
+    warmup_graphs: int  # graphs compiled during warm-up (0 for eager recipes)
+    steps: list[SwapStep]
+    warmup_image: np.ndarray = field(repr=False)  # adapter A's image before any swap
+    images: dict[str, np.ndarray] = field(repr=False)  # adapter name -> its image after the last swap to it
+    peak: PeakMemory | None = None
+
+    @property
+    def recompiles_after_warmup(self) -> int:
+        return sum(step.recompiles for step in self.steps)
+
+
+def swap_sequence(built: BuiltPipeline) -> list[LoraAdapter]:
+    """B, C, ... then back to A: at least three swaps across different ranks. A recipe that recompiles on
+    every new adapter needs only one swap to show it (each costs a full compile on a GPU)."""
+    first, *others = built.pool.adapters
+    return others[:1] if built.recipe.expects_recompiles else [*others, first]
+
+
+def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
+    device = built.device_type
+    reset_peak(device)
+    first = built.current
+    progress(f"[{built.recipe.name}] warm-up on {first.name} (r{first.rank}); compile happens here")
+    with RecompileWatcher() as warm:
+        warmup_seconds, warmup_image = timed(built.generate, device)
+    images = {}
+    steps = []
+    for adapter in swap_sequence(built):
+        with RecompileWatcher() as watcher:
+            load_seconds, _ = timed(lambda a=adapter: built.load_adapter(a), device)
+            generate_seconds, image = timed(built.generate, device)
+        images[adapter.name] = image
+        steps.append(SwapStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count))
+        progress(
+            f"[{built.recipe.name}] swap to {adapter.name} (r{adapter.rank}): load {load_seconds:.2f}s, "
+            f"generate {generate_seconds:.2f}s, recompiles {watcher.count}"
+        )
+    return ScenarioResult(warmup_seconds, warm.count, steps, warmup_image, images, read_peak(device))
