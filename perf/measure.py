@@ -3,6 +3,7 @@ read; GPU peak memory comes from the caching allocator, CPU peak from the proces
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,10 +51,8 @@ def reset_peak(device_type: str) -> None:
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:
-        try:  # "5" resets the kernel's resident-set high-water mark for this process (Linux)
+        with contextlib.suppress(OSError):  # "5" resets this process's resident-set high-water mark (Linux)
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
 
 
 def read_peak(device_type: str) -> PeakMemory:

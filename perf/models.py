@@ -98,7 +98,7 @@ def resolve_source(spec: str | None, default_size: str) -> ModelSource:
     path = Path(spec).expanduser()
     if path.exists() or looks_like_path:
         if not path.is_dir():
-            raise SuiteError(f"--model {spec}: no such folder; give a FLUX.1-dev folder in diffusers format or a hub id")
+            raise SuiteError(f"--model {spec}: no such folder; give a FLUX.1-dev diffusers folder or a hub id")
         if not (path / "model_index.json").is_file():
             raise SuiteError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
         index = json.loads((path / "model_index.json").read_text())

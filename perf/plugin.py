@@ -1,0 +1,258 @@
+"""The pytest face of the library: options, hardware markers, profile skips, and the fixtures tests use.
+
+Loaded by the root ``conftest.py``. Each perf test is parametrized over (profile, recipe) pairs of every
+profile, marked with the profile's marker, so ``pytest --collect-only -m h100`` lists the H100 rows anywhere
+and a run skips the rows that are not for the device it found, saying what it needs and what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pytest
+
+from perf.baselines import atomic_write_bytes, now_iso
+from perf.cache import cache_dir, clear_cache
+from perf.errors import SuiteError
+from perf.loras import LoraPool, check_pool, synthetic_pool, user_pool
+from perf.models import ModelSource, resolve_source
+from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
+from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
+from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
+
+DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
+REAL_LORA_PROMPT = "a photo of a cat holding a sign that says hello world"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate")
+    group.addoption(
+        "--profile", choices=sorted(PROFILES), default=None,
+        help="hardware profile to run (default: detected from the device). A smaller profile on a bigger GPU is "
+        "emulated: memory capped to its budget, FA3 off, records marked emulated.",
+    )
+    group.addoption(
+        "--model", default=None, metavar="ID_OR_PATH",
+        help="FLUX.1-dev hub id (from the local Hugging Face cache) or diffusers folder; default: the profile's "
+        "embedded synthetic model (synthetic-tiny on CPU, synthetic-full on GPUs). Also: synthetic-tiny, "
+        "synthetic-full.",
+    )
+    group.addoption(
+        "--lora", action="append", default=[], metavar="PATH_OR_ID",
+        help="LoRA adapter file, folder or hub id; repeat for a pool (the first must target the most modules). "
+        "Default: the synthetic pool of three adapters of rising rank.",
+    )
+    group.addoption(
+        "--recipes", default=None, metavar="NAME,NAME",
+        help="run only these recipes (comma-separated exact names, e.g. baseline,optimized); others are "
+        "deselected. Use it to split a profile's matrix across several GPU jobs.",
+    )
+    group.addoption(
+        "--max-rank", type=int, default=None,
+        help="hot-swap target rank passed to enable_lora_hotswap (default: the pool's max rank).",
+    )
+    group.addoption(
+        "--rounds", type=int, default=None,
+        help="timed generations per recipe after warm-up (default: 5 on the tiny model, 3 at full size).",
+    )
+    group.addoption(
+        "--results-dir", default=None, metavar="DIR",
+        help="where each recipe's record and thumbnails are written, under DIR/<profile>/ (default: .results).",
+    )
+    group.addoption(
+        "--baselines-dir", default="baselines", metavar="DIR",
+        help="stored baselines, one folder per profile (default: baselines).",
+    )
+    group.addoption(
+        "--update-baselines", action="store_true",
+        help="write this run's records into the baselines folder (atomically).",
+    )
+    group.addoption(
+        "--overwrite-foreign-baselines", action="store_true",
+        help="with --update-baselines: allow replacing a baseline recorded on another device or model source.",
+    )
+    group.addoption(
+        "--perf-cache", default=None, metavar="DIR",
+        help="folder for synthetic models, LoRAs and compile caches (default: $FLUX_LORA_PERF_CACHE or "
+        "~/.cache/flux-lora-perf). Never inside the source tree.",
+    )
+    group.addoption(
+        "--clear-perf-cache", action="store_true",
+        help="delete the cache folder before the run (everything is rebuilt on demand).",
+    )
+    group.addoption(
+        "--clip-model", default=None, metavar="ID_OR_PATH",
+        help="CLIP model for the CLIP score (e.g. openai/clip-vit-large-patch14 from the local cache); default: "
+        "an embedded tiny CLIP, a smoke signal only.",
+    )
+
+
+@dataclass
+class Suite:
+    """The session's resolved options; builds the model source, LoRA pool and cases on demand."""
+
+    config: pytest.Config
+    active: ActiveProfile | None
+
+    def option(self, name: str):
+        return self.config.getoption(name)
+
+    @cached_property
+    def cache(self) -> Path:
+        return cache_dir(self.option("--perf-cache"))
+
+    @cached_property
+    def source(self) -> ModelSource:
+        return resolve_source(self.option("--model"), self.active.profile.model_size)
+
+    @cached_property
+    def settings(self) -> GenerationSettings:
+        return SETTINGS_BY_SIZE[self.source.size]
+
+    @cached_property
+    def pool(self) -> LoraPool:
+        specs = self.option("--lora")
+        pool = user_pool(specs, REAL_LORA_PROMPT) if specs else synthetic_pool(self.source.size, self.cache)
+        if len(pool.adapters) < 2:
+            raise SuiteError("the LoRA pool needs at least two adapters to swap between; pass --lora twice or more")
+        return pool
+
+    @property
+    def target_rank(self) -> int:
+        return self.option("--max-rank") or self.pool.max_rank
+
+    @property
+    def rounds(self) -> int:
+        return self.option("--rounds") or DEFAULT_ROUNDS[self.source.size]
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.option("--results-dir") or ".results")
+
+    @property
+    def baselines_dir(self) -> Path:
+        return Path(self.option("--baselines-dir"))
+
+    def skip_reason(self, profile: str, recipe: Recipe) -> str | None:
+        if self.active is None:
+            from perf.profiles import detect_device
+
+            return f"needs {profile}, found {detect_device().name} (no profile for it; pass --profile)"
+        if self.active.name != profile:
+            return f"needs {profile}, found {self.active.describe()}"
+        return unsupported_reason(recipe, self.active)
+
+    def progress(self, message: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"  {message}")
+        else:
+            print(message, file=sys.stderr)
+
+
+def case_params() -> list:
+    """Every (profile, recipe) pair, marked with its hardware markers, as pytest params with readable ids."""
+    params = []
+    for recipe in RECIPES.values():
+        for profile in recipe.profiles:
+            marks = [getattr(pytest.mark, profile)] + ([] if profile == "cpu" else [pytest.mark.gpu])
+            params.append(pytest.param((profile, recipe.name), marks=marks, id=f"{profile}-{recipe.name}"))
+    return params
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in HARDWARE_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
+    config.addinivalue_line("markers", "slow: builds and compiles pipelines")
+    if config.getoption("--clear-perf-cache"):
+        removed = clear_cache(config.getoption("--perf-cache"))
+        print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
+    try:
+        active = resolve_profile(config.getoption("--profile"))
+        if config.getoption("--recipes"):
+            for name in config.getoption("--recipes").split(","):
+                if name.strip():
+                    get_recipe(name.strip())
+    except SuiteError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if active is not None:
+        apply_memory_cap(active)
+    config.stash[SUITE] = Suite(config, active)
+
+
+SUITE = pytest.StashKey[Suite]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("--recipes")
+    if not wanted:
+        return
+    names = {n.strip() for n in wanted.split(",") if n.strip()}  # validated in pytest_configure
+    keep, drop = [], []
+    for item in items:
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("case")
+        (drop if param is not None and param[1] not in names else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[STARTED] = time.perf_counter()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The whole run's wall time beside its records: what a GPU job costs matters as much as each row."""
+    suite = session.config.stash.get(SUITE, None)
+    folder = suite.results_dir / suite.active.name if suite and suite.active else None
+    if folder is None or not folder.is_dir():
+        return
+    summary = {
+        "wall_seconds": time.perf_counter() - session.config.stash[STARTED],
+        "exit_status": int(exitstatus),
+        "profile": suite.active.describe(),
+        "command": " ".join(sys.argv),
+        "date": now_iso(),
+    }
+    path = folder / "sessions" / f"session-{summary['date'].replace(':', '')}.json"
+    atomic_write_bytes(path, json.dumps(summary, indent=1).encode())
+
+
+STARTED = pytest.StashKey[float]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    suite = config.stash[SUITE]
+    if suite.active is None:
+        return ["flux-lora-perf: no profile for this device; hardware tests skip (pass --profile)"]
+    lines = [f"flux-lora-perf: profile {suite.active.describe()}"]
+    if suite.active.emulated:
+        lines.append(f"flux-lora-perf: emulated, memory capped to {suite.active.profile.memory_budget_gib} GiB")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def suite(pytestconfig: pytest.Config) -> Suite:
+    return pytestconfig.stash[SUITE]
+
+
+def open_case_for(suite: Suite, param: tuple[str, str]):
+    """The fixture body for a (profile, recipe) param: skip with the reason, or run the recipe's case."""
+    from perf.case import open_case
+
+    profile, name = param
+    recipe = get_recipe(name)
+    reason = suite.skip_reason(profile, recipe)
+    if reason:
+        pytest.skip(reason)
+    if recipe.hotswap:
+        check_pool(suite.pool, suite.target_rank)
+    return open_case(
+        suite.source, recipe, suite.active, suite.pool, suite.settings, suite.cache, suite.target_rank,
+        suite.progress,
+    )

@@ -1,0 +1,18 @@
+"""One case per (profile, recipe): built and run once, shared by that recipe's tests, saved and released
+before the next recipe is built (pytest groups tests by a session-scoped fixture's params)."""
+
+import pytest
+
+from perf.plugin import case_params, open_case_for
+
+
+@pytest.fixture(scope="session", params=case_params())
+def case(request, suite):
+    case = open_case_for(suite, request.param)
+    yield case
+    case.save(
+        suite.results_dir,
+        suite.baselines_dir if suite.option("--update-baselines") else None,
+        suite.option("--overwrite-foreign-baselines"),
+    )
+    case.release()
