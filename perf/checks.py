@@ -2,7 +2,9 @@
 
 Tolerances are mean absolute differences of images in [0, 1]. float32 eager vs compiled differs by rounding
 only (~1e-6 seen on the tiny model). bf16 accumulates rounding over 28 denoising steps and compile reorders
-reductions, so GPU tolerances are wider; FP8 (3-bit mantissa) wider still. A check only means something if
+reductions, so GPU tolerances are wider (bf16 eager on the H100: 0.0029 mean abs between a hot-swapped
+pipeline and a fresh one, rank padding changing the accumulation order); FP8 (3-bit mantissa) wider still
+(0.0034 measured eager). A check only means something if
 the adapters' images differ by much more than the tolerance, so ``SEPARATION`` is asserted too.
 """
 
@@ -15,13 +17,13 @@ import torch
 
 from perf.recipes import Recipe
 
-SEPARATION = 4.0  # the other adapter's image must be this many tolerances away, or the check is vacuous
+SEPARATION = 3.0  # the other adapter's image must be this many tolerances away, or the check is vacuous
 
 
 def output_tolerance(recipe: Recipe, dtype: torch.dtype) -> float:
     if dtype == torch.float32:
         return 1e-4
-    return 0.03 if recipe.fp8 else 0.015
+    return 0.015 if recipe.fp8 else 0.01
 
 
 @dataclass(frozen=True)

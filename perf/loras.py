@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 from perf.errors import LoraIncompatibleError, SuiteError
-from perf.models import CONFIGS, SYNTHETIC_VERSION
+from perf.models import CONFIGS
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 QKV = ("to_q", "to_k", "to_v")
+LORA_VERSION = 2  # bump when the synthetic adapters change, so stale caches are rebuilt
+STRENGTH = 4.0  # std of the weight delta in units of 1/sqrt(fan_in); a default Linear weight's is ~0.58
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ def _matches(module: str, targets: tuple[str, ...]) -> bool:
 
 def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:
     """Save ``spec`` as a diffusers LoRA (peft keys + adapter metadata). Seeded, never zero: B is random too,
-    scaled so the adapter changes each adapted layer's output by about half its size."""
+    scaled so the adapter's weight delta has std ``STRENGTH``/sqrt(fan_in), about 7x a default-initialized
+    weight: a random FLUX barely moves its image for smaller deltas (0.9x gave 0.012 mean abs on the H100),
+    and the swap checks need adapters whose images differ well beyond bf16 noise."""
     from diffusers import FluxPipeline
 
     gen = torch.Generator().manual_seed(spec.seed)
@@ -89,7 +93,7 @@ def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Pa
         if not _matches(module, spec.targets):
             continue
         a = torch.randn(spec.rank, in_f, generator=gen) / math.sqrt(in_f)
-        b = torch.randn(out_f, spec.rank, generator=gen) * (0.5 * math.sqrt(spec.rank) / spec.alpha)
+        b = torch.randn(out_f, spec.rank, generator=gen) * (STRENGTH * math.sqrt(spec.rank) / spec.alpha)
         layers[f"{module}.lora_A.weight"] = a.to(torch.bfloat16)
         layers[f"{module}.lora_B.weight"] = b.to(torch.bfloat16)
     metadata = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
@@ -141,7 +145,7 @@ def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) ->
 def synthetic_pool(size: str, cache: Path) -> LoraPool:
     adapters = []
     for spec in synthetic_specs(size):
-        folder = cache / "loras" / f"synthetic-{size}-v{SYNTHETIC_VERSION}" / spec.name
+        folder = cache / "loras" / f"synthetic-{size}-v{LORA_VERSION}" / spec.name
         path = folder / WEIGHT_NAME
         if not path.is_file():
             path = write_synthetic_lora(spec, size, folder)

@@ -8,6 +8,7 @@ and a run skips the rows that are not for the device it found, saying what it ne
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -182,6 +183,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if active is not None:
         apply_memory_cap(active)
+    # Compiled artifacts live in the suite's cache folder too (warm starts; one folder to clear).
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir(config.getoption("--perf-cache")) / "inductor"))
     config.stash[SUITE] = Suite(config, active)
 
 
