@@ -13,16 +13,19 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perf.errors import BaselineError
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "profile", "recipe", "model_source", "device", "emulated", "latency", "versions")
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "torchao", "bitsandbytes", "flash-attn-3")
-THUMBNAIL = 128
+THUMBNAIL = 128  # stored reference images are at most this many pixels a side
 
 
 def library_versions() -> dict[str, str | None]:
@@ -36,6 +39,9 @@ def library_versions() -> dict[str, str | None]:
 
 
 def git_commit(root: Path | None = None) -> str | None:
+    """The source's commit; ``FLUX_LORA_PERF_COMMIT`` names it where the tree has no .git (e.g. a GPU box)."""
+    if os.environ.get("FLUX_LORA_PERF_COMMIT"):
+        return os.environ["FLUX_LORA_PERF_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root or Path(__file__).parent, capture_output=True,
@@ -69,16 +75,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+def thumbnail_image(image: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """A float [0, 1] HxWx3 image as stored references are made: 8-bit, shrunk by PIL's ``thumbnail`` (bicubic,
+    reducing gap 2, aspect kept) to at most THUMBNAIL px a side. With ``size`` (width, height): resampled the
+    same way to exactly that size, so a candidate lines up pixel for pixel with a stored reference."""
+    from PIL import Image
+
+    pil = Image.fromarray(to_uint8(image))
+    if size is None:
+        pil.thumbnail((THUMBNAIL, THUMBNAIL))
+    elif pil.size != size:
+        pil = pil.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)  # what thumbnail() does inside
+    return pil
+
+
+def thumbnail(image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``thumbnail_image`` as a float [0, 1] array: what ``perf.baselines.load_thumbnail`` reads back."""
+    return np.asarray(thumbnail_image(image, size), dtype=np.float32) / 255.0
+
+
 def save_thumbnail(image: np.ndarray, path: Path) -> None:
     """A float [0, 1] HxWx3 image as a PNG no larger than THUMBNAIL pixels a side."""
     import io
 
-    from PIL import Image
-
-    pil = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
-    pil.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
+    thumbnail_image(image).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
 
 

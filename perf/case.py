@@ -100,8 +100,9 @@ def open_case(
         return Case(built, scenario, record, fresh)
     except torch.OutOfMemoryError as exc:
         peak = read_peak(device)
+        allocated = "n/a" if peak.allocated_gib is None else f"{peak.allocated_gib:.2f} GiB"  # None off CUDA
         message = (
-            f"{recipe.name}: out of memory on {active.describe()} (peak allocated {peak.allocated_gib:.2f} GiB, "
+            f"{recipe.name}: out of memory on {active.describe()} (peak allocated {allocated}, "
             f"reserved {peak.reserved_gib:.2f} GiB, budget {active.profile.memory_budget_gib} GiB): "
             f"{str(exc).splitlines()[0]}"
         )

@@ -128,11 +128,14 @@ def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) ->
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
-        raise SuiteError(f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated?") from exc
+        raise SuiteError(
+            f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated? Download or save it again"
+        ) from exc
     down = {k: s for k, s in shapes.items() if ".lora_A." in k or ".lora_down." in k}
     if not down:
         raise SuiteError(
-            f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(shapes)} tensors)"
+            f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(shapes)} tensors); pass a LoRA "
+            "adapter file (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up weights)"
         )
     text_encoder = any(k.startswith(("text_encoder", "lora_te")) for k in down)
     modules = frozenset(

@@ -75,3 +75,16 @@ def free_memory(device_type: str) -> None:
 
 def in_use_gib(device_type: str) -> float:
     return torch.cuda.memory_allocated() / GIB if device_type == "cuda" else 0.0
+
+
+def assert_no_leak(start_gib: float, device_type: str, slack_gib: float) -> float:
+    """After a variant is released: memory in use is back within ``slack_gib`` of ``start_gib`` (the level before
+    it was built), or ``AssertionError`` with both figures. Returns the level found."""
+    free_memory(device_type)
+    now = in_use_gib(device_type)
+    if now > start_gib + slack_gib:
+        raise AssertionError(
+            f"{now:.2f} GiB in use after the variant, {start_gib:.2f} GiB at its start (slack {slack_gib:.2f} GiB): "
+            "something still holds its pipeline or tensors"
+        )
+    return now

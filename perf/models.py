@@ -100,10 +100,21 @@ def resolve_source(spec: str | None, default_size: str) -> ModelSource:
         if not path.is_dir():
             raise SuiteError(f"--model {spec}: no such folder; give a FLUX.1-dev diffusers folder or a hub id")
         if not (path / "model_index.json").is_file():
-            raise SuiteError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
-        index = json.loads((path / "model_index.json").read_text())
+            raise SuiteError(
+                f"--model {spec}: not a diffusers pipeline folder (no model_index.json); give the folder that "
+                "holds model_index.json (FluxPipeline.save_pretrained's output) or a hub id"
+            )
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SuiteError(
+                f"--model {spec}: model_index.json is not valid JSON ({exc}); copy the folder again"
+            ) from None
         if index.get("_class_name") != "FluxPipeline":
-            raise SuiteError(f"--model {spec}: is a {index.get('_class_name')!r}, not a FluxPipeline")
+            raise SuiteError(
+                f"--model {spec}: is a {index.get('_class_name')!r}, not a FluxPipeline; give a FLUX.1-dev "
+                "diffusers folder or a hub id"
+            )
         return ModelSource("pretrained", "full", str(path.resolve()))
     return ModelSource("pretrained", "full", spec)
 

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -70,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="stored baselines, one folder per profile (default: baselines).",
     )
     group.addoption(
+        "--fail-on-regression", action="store_true",
+        help="exit non-zero when the verdict table (this run against the stored baselines) shows a regression.",
+    )
+    group.addoption(
         "--update-baselines", action="store_true",
         help="write this run's records into the baselines folder (atomically).",
     )
@@ -99,6 +103,7 @@ class Suite:
 
     config: pytest.Config
     active: ActiveProfile | None
+    finished: dict = field(default_factory=dict)  # recipe name -> its record, as each case is saved
 
     def option(self, name: str):
         return self.config.getoption(name)
@@ -166,6 +171,7 @@ def case_params() -> list:
     return params
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for marker in HARDWARE_MARKERS:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
@@ -183,12 +189,79 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if active is not None:
         apply_memory_cap(active)
+        _benchmark_storage_per_profile(config, active.name)
     # Compiled artifacts live in the suite's cache folder too (warm starts; one folder to clear).
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir(config.getoption("--perf-cache")) / "inductor"))
     config.stash[SUITE] = Suite(config, active)
 
 
 SUITE = pytest.StashKey[Suite]()
+DEFAULT_BENCHMARK_STORAGE = "file://./.benchmarks"
+
+
+def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
+    """pytest-benchmark's storage gets one folder per profile, so --benchmark-compare on a CPU never
+    compares against an H100 run. An explicit --benchmark-storage is left alone."""
+    if getattr(config.option, "benchmark_storage", None) == DEFAULT_BENCHMARK_STORAGE:
+        config.option.benchmark_storage = f"{DEFAULT_BENCHMARK_STORAGE}/{profile}"
+
+
+def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
+    """This run's records against the stored baselines of the same profile: table lines, any regression."""
+    from perf.baselines import read_records
+    from perf.compare import any_regression, compare_records, format_table
+
+    try:
+        stored = read_records(suite.baselines_dir, suite.active.name)
+    except SuiteError as exc:
+        return [f"cannot read baselines: {exc}"], False
+    baselines = {name: stored[name] for name in suite.finished if name in stored}
+    if not baselines:
+        return ["no stored baseline for the recipes run; record them with --update-baselines"], False
+    verdicts = compare_records(baselines, {name: suite.finished[name] for name in baselines})
+    return format_table(verdicts).splitlines(), any_regression(verdicts)
+
+
+def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
+    """The whole run's wall time beside its records: what a GPU job costs matters as much as each row."""
+    suite = session.config.stash.get(SUITE, None)
+    folder = suite.results_dir / suite.active.name if suite and suite.active else None
+    if folder is None or not folder.is_dir():
+        return
+    summary = {
+        "wall_seconds": time.perf_counter() - session.config.stash[STARTED],
+        "exit_status": int(exitstatus),
+        "profile": suite.active.describe(),
+        "command": " ".join(sys.argv),
+        "date": now_iso(),
+    }
+    path = folder / "sessions" / f"session-{summary['date'].replace(':', '')}.json"
+    atomic_write_bytes(path, json.dumps(summary, indent=1).encode())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    write_session_summary(session, exitstatus)
+    suite = session.config.stash.get(SUITE, None)
+    if suite is None or not suite.finished:
+        return
+    lines, regressed = verdict_lines(suite)
+    session.config.stash[VERDICT] = lines
+    if regressed and session.config.getoption("--fail-on-regression"):
+        lines.append("regression found: failing the run (--fail-on-regression)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(VERDICT, None)
+    if lines:
+        suite = config.stash[SUITE]
+        terminalreporter.section(f"flux-lora-perf verdict vs {suite.baselines_dir}/{suite.active.name}")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+VERDICT = pytest.StashKey[list]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -207,23 +280,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STARTED] = time.perf_counter()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The whole run's wall time beside its records: what a GPU job costs matters as much as each row."""
-    suite = session.config.stash.get(SUITE, None)
-    folder = suite.results_dir / suite.active.name if suite and suite.active else None
-    if folder is None or not folder.is_dir():
-        return
-    summary = {
-        "wall_seconds": time.perf_counter() - session.config.stash[STARTED],
-        "exit_status": int(exitstatus),
-        "profile": suite.active.describe(),
-        "command": " ".join(sys.argv),
-        "date": now_iso(),
-    }
-    path = folder / "sessions" / f"session-{summary['date'].replace(':', '')}.json"
-    atomic_write_bytes(path, json.dumps(summary, indent=1).encode())
 
 
 STARTED = pytest.StashKey[float]()

@@ -126,7 +126,11 @@ def resolve_profile(requested: str | None, device: DeviceInfo | None = None) -> 
                 f"{device.total_memory_gib:.1f} GiB: a profile can only be emulated on a bigger device"
             )
         if profile.fa3 and (device.capability or (0, 0)) < (9, 0):
-            raise SuiteError(f"--profile {profile.name} needs FA3-class attention (Hopper); {device.name} has none")
+            without = ", ".join(p.name for p in PROFILES.values() if p.device_type == device.type and not p.fa3)
+            raise SuiteError(
+                f"--profile {profile.name} needs FA3-class attention (Hopper); {device.name} has none: choose a "
+                f"profile without FA3 ({without}) or run on a Hopper GPU"
+            )
     return ActiveProfile(profile, device, emulated=True)
 
 

@@ -36,6 +36,7 @@ class Recipe:
     t5_nf4: bool = False
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
+    seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
     note: str = ""
 
     @property
@@ -59,40 +60,43 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "baseline", H100_PROFILES, hotswap=False,
             seed_flags="--disable_fa3 --disable_fp8 --disable_compile --disable_hotswap",
-            seed_row="baseline", note="bf16, SDPA, eager; adapters unloaded and loaded anew",
+            seed_row="baseline", seed_seconds=7.891, note="bf16, SDPA, eager; adapters unloaded and loaded anew",
         ),
         Recipe(
             "optimized", H100_PROFILES, attention="fa3", fp8=True, compile="regional",
-            seed_flags="(none)", seed_row="optimized",
+            seed_flags="(none)", seed_row="optimized", seed_seconds=3.546,
             note="FA3 + FP8 + compile + hot-swap. Regional: full-graph FP8 compile did not finish in 9.5 min "
             "on torch 2.11 (GPU_NOTES.md); see optimized_fullgraph",
         ),
         Recipe(
             "no_fp8", H100_PROFILES, attention="fa3", compile="full",
-            seed_flags="--disable_fp8", seed_row="no_fp8", note="FA3 + compile + hot-swap, bf16",
+            seed_flags="--disable_fp8", seed_row="no_fp8", seed_seconds=4.352, note="FA3 + compile + hot-swap, bf16",
         ),
         Recipe(
             "no_fa3", H100_PROFILES, fp8=True, compile="regional",
-            seed_flags="--disable_fa3", seed_row="no_fa3",
+            seed_flags="--disable_fa3", seed_row="no_fa3", seed_seconds=4.302,
             note="FP8 + compile + hot-swap, plain SDPA; regional for the same reason as optimized",
         ),
         Recipe(
             "baseline_compile", H100_PROFILES, compile="full", hotswap=False,
             seed_flags="--disable_fa3 --disable_fp8 --disable_hotswap --disable_recompile_error",
-            seed_row="baseline_compile",
+            seed_row="baseline_compile", seed_seconds=5.092,
             note="negative control: compile without hot-swap recompiles on every new adapter",
         ),
         Recipe(
             "no_fa3_fp8", H100_PROFILES, compile="full",
-            seed_flags="--disable_fa3 --disable_fp8", seed_row="no_fa3_fp8", note="compile + hot-swap, bf16, SDPA",
+            seed_flags="--disable_fa3 --disable_fp8", seed_row="no_fa3_fp8", seed_seconds=5.085,
+            note="compile + hot-swap, bf16, SDPA",
         ),
         Recipe(
             "no_compile_fp8", H100_PROFILES, attention="fa3",
-            seed_flags="--disable_compile --disable_fp8", seed_row="no_compile_fp8", note="FA3 + hot-swap, eager",
+            seed_flags="--disable_compile --disable_fp8", seed_row="no_compile_fp8", seed_seconds=7.519,
+            note="FA3 + hot-swap, eager",
         ),
         Recipe(
             "no_compile", H100_PROFILES, attention="fa3", fp8=True,
-            seed_flags="--disable_compile", seed_row="no_compile", note="FA3 + FP8 + hot-swap, eager",
+            seed_flags="--disable_compile", seed_row="no_compile", seed_seconds=10.434,
+            note="FA3 + FP8 + hot-swap, eager",
         ),
         # --- beyond the seed ---------------------------------------------------------------------------------
         Recipe(
@@ -108,17 +112,17 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "rtx4090_offload", ("rtx4090",), hotswap=False, offload=True,
             seed_flags="--disable_fa3 --disable_fp8 --disable_compile --disable_hotswap --offload",
-            seed_row="offload (35.403 s)", note="bf16 with model CPU offload (~22 GB)",
+            seed_row="offload", seed_seconds=35.403, note="bf16 with model CPU offload (~22 GB)",
         ),
         Recipe(
             "rtx4090_offload_regional", ("rtx4090",), compile="regional", hotswap=False, offload=True,
             seed_flags="--disable_fa3 --disable_fp8 --disable_hotswap --disable_recompile_error --offload",
-            seed_row="offload + compile_repeated_blocks (31.205 s)", note="offload + regional compile",
+            seed_row="offload + compile_repeated_blocks", seed_seconds=31.205, note="offload + regional compile",
         ),
         Recipe(
             "rtx4090_fp8_t5nf4", ("rtx4090",), fp8=True, t5_nf4=True,
             seed_flags="--disable_fa3 --disable_compile --quantize_t5",
-            seed_row="baseline (fp8, T5 NF4, no compile)",
+            seed_row="baseline (fp8, T5 NF4, no compile)", seed_seconds=23.606,
             note="FP8 transformer + NF4 T5, no offload: fits 24 GB without offload",
         ),
         Recipe(

@@ -15,4 +15,5 @@ def case(request, suite):
         suite.baselines_dir if suite.option("--update-baselines") else None,
         suite.option("--overwrite-foreign-baselines"),
     )
+    suite.finished[case.recipe.name] = case.record
     case.release()

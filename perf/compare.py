@@ -1,0 +1,287 @@
+"""The regression verdict: is a candidate run slower, bigger or worse than its baseline beyond noise?
+
+Latency is judged on the raw samples, never on one number: a percentile bootstrap interval of the ratio of
+medians (candidate / baseline) must lie wholly beyond a margin before a verdict other than "ok" is given.
+Single-value metrics (warm-up seconds, peak memory, recompiles, quality scores) have no samples, so they get
+fixed tolerances instead. Verdicts are data; ``format_table`` prints them, ``perf.report`` renders them.
+
+Calibration (seeded simulations in ``tests/unit/test_compare.py``, 4000 pairs each; noise is multiplicative
+log-normal, CV = coefficient of variation of one generation's time). At CV 1% the defaults flag 0 of 4000
+identical pairs as regressed and catch a true 5% slowdown 99.8% of the time with ``DEFAULT_ROUNDS`` = 5
+samples a side; with 3 a side (the GPU default) 0.1% and 98.7%. GPU runs show a spread within 0.5% of the
+median, so 1% CV leaves headroom. Both targets (false alarms <= 1%, a 5% slowdown caught >= 95%) are NOT
+reachable with 5 samples at 2% CV (the defaults: 0.9% false alarms, 79% caught; about 10 a side are needed)
+nor at 5% CV (about 60 a side): the median of 5 samples is itself too noisy. The ``cpu`` profile therefore
+uses a wider margin (``PROFILE_LATENCY_THRESHOLDS``): at 5% CV it false-alarms 0.2% of the time and catches a
+20% slowdown 98% of the time, but a 5% slowdown only 10% of the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from perf.baselines import comparable, read_records
+from perf.errors import BaselineError
+
+Outcome = Literal["ok", "regressed", "improved", "incomparable"]
+
+DEFAULT_ROUNDS = 5
+"""Timed generations a side the latency defaults are calibrated for: the fewest at which a device with 1% CV
+meets both targets with margin (3 a side meets them only up to about 1% CV; more rounds cost GPU minutes)."""
+
+MIN_ROUNDS = 3
+"""Below 3 samples a side the bootstrap median takes at most three values and the interval means nothing."""
+
+LATENCY_THRESHOLD = 0.015
+"""Margin on the median ratio: the interval must clear 1 +/- 1.5%. It absorbs small run-to-run drift (clocks,
+thermals) that the within-run samples cannot see, yet leaves room to catch a 5% slowdown with 5 or 3 rounds."""
+
+PROFILE_LATENCY_THRESHOLDS = {"cpu": 0.05}
+"""Wider margins for noisy devices: a shared CPU runner shows ~5% CV, where 1.5% would false-alarm ~4% of the
+time per recipe; 5% keeps false alarms near 0.2% (slowdowns of ~20% and more are still caught)."""
+
+CONFIDENCE = 0.80
+"""Two-sided interval level, so each bound is a 90% one-sided bound. The margin does most of the work against
+false alarms; a 90% or 95% interval would catch a 5% slowdown only 94% of the time at 3 rounds and 1% CV."""
+
+RESAMPLES = 2000
+"""Bootstrap resamples: with 3 to 5 samples a side the bounds then do not move between seeds (100 tried)."""
+
+SEED = 0
+"""A fixed seed makes every verdict reproducible: the same records always give the same table."""
+
+WARMUP_THRESHOLD = 0.10
+WARMUP_FLOOR_S = 1.0
+"""Warm-up (compile) time varies more than a generation (cache state, autotuning); 10% and at least a second,
+so sub-second jitter on uncompiled recipes is not a regression."""
+
+MEMORY_THRESHOLD = 0.05
+"""Peak memory is nearly deterministic for a fixed recipe; 5% more is a real change (and nears the budget)."""
+
+QUALITY_TOLERANCES = {"clip_score": 1.0, "psnr_vs_reference": 2.0, "ssim_vs_reference": 0.02}
+"""Largest allowed drop per quality score (absolute units: CLIP score points on torchmetrics' 0-100 scale, dB,
+SSIM). Assumed, not yet measured: kernel and precision changes should move these by a fraction of the
+tolerance, a LoRA not applied or a broken image by much more; tighten once nightly records show the spread.
+Scores not listed here are not compared."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    recipe: str
+    metric: str
+    verdict: Outcome
+    baseline: float | None
+    candidate: float | None
+    ratio: float | None  # candidate / baseline
+    interval: tuple[float, float] | None  # bootstrap interval of the ratio (latency only)
+    reason: str
+
+
+def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Medians of ``resamples`` bootstrap resamples of the last axis, shape ``(..., resamples)``.
+
+    Resampling ranks of the sorted samples is the same as resampling the samples (median is monotone), so only
+    the one or two middle ranks of each resample are gathered: batches of thousands of runs stay cheap.
+    """
+    n = samples.shape[-1]
+    ordered = np.sort(samples, axis=-1)
+    ranks = np.sort(rng.integers(0, n, (resamples, n)), axis=1)
+    return (ordered[..., ranks[:, (n - 1) // 2]] + ordered[..., ranks[:, n // 2]]) / 2
+
+
+def median_ratio_interval(
+    baseline: np.ndarray, candidate: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> np.ndarray:
+    """Percentile bootstrap interval of median(candidate) / median(baseline), shape ``(..., 2)``.
+
+    Leading axes are independent comparisons (the tests simulate thousands at once); they share resample
+    indices, which keeps each comparison's interval exactly what it would be alone.
+    """
+    rng = np.random.default_rng(seed)
+    base = bootstrap_medians(np.asarray(baseline, dtype=float), resamples, rng)
+    cand = bootstrap_medians(np.asarray(candidate, dtype=float), resamples, rng)
+    tail = (1 - confidence) / 2
+    return np.moveaxis(np.quantile(cand / base, [tail, 1 - tail], axis=-1), 0, -1)
+
+
+def classify_interval(interval: np.ndarray, threshold: float) -> np.ndarray:
+    """"regressed" when the whole interval lies above 1 + threshold, "improved" below 1 - threshold, else "ok"."""
+    low, high = interval[..., 0], interval[..., 1]
+    return np.where(low > 1 + threshold, "regressed", np.where(high < 1 - threshold, "improved", "ok"))
+
+
+def latency_threshold(profile: str) -> float:
+    return PROFILE_LATENCY_THRESHOLDS.get(profile, LATENCY_THRESHOLD)
+
+
+def latency_samples(record: dict[str, Any]) -> list[float]:
+    return list((record.get("latency") or {}).get("samples_s") or [])
+
+
+def latency_median(record: dict[str, Any]) -> float | None:
+    samples = latency_samples(record)
+    return float(np.median(samples)) if samples else None
+
+
+def peak_memory_gib(record: dict[str, Any]) -> float | None:
+    """Reserved peak (GPU allocator) or peak RSS (CPU): what the process held, hence what runs out first."""
+    return (record.get("peak_memory") or {}).get("reserved_gib")
+
+
+def warmup_seconds(record: dict[str, Any]) -> float | None:
+    return (record.get("compile") or {}).get("warmup_seconds")
+
+
+def compare_latency(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], threshold: float,
+                    confidence: float = CONFIDENCE) -> Verdict:
+    metric = "latency_median_s"
+    base, cand = latency_samples(baseline), latency_samples(candidate)
+    if min(len(base), len(cand)) < MIN_ROUNDS:
+        return Verdict(recipe, metric, "incomparable", latency_median(baseline), latency_median(candidate), None,
+                       None, f"{len(base)} baseline / {len(cand)} candidate samples; at least {MIN_ROUNDS} a side "
+                       "are needed")
+    interval = median_ratio_interval(np.array(base), np.array(cand), confidence)
+    outcome = str(classify_interval(interval, threshold))
+    low, high = (float(x) for x in interval)
+    b, c = float(np.median(base)), float(np.median(cand))
+    reason = f"{confidence:.0%} interval vs 1 +/- {threshold:.1%}; {len(base)}/{len(cand)} samples"
+    return Verdict(recipe, metric, outcome, b, c, c / b, (low, high), reason)
+
+
+def compare_value(recipe: str, metric: str, base: float | None, cand: float | None, threshold: float,
+                  floor: float = 0.0) -> Verdict:
+    """Lower is better; a change counts when it exceeds ``threshold`` relative and ``floor`` absolute."""
+    if base is None or cand is None:
+        missing = "baseline" if base is None else "candidate"
+        return Verdict(recipe, metric, "incomparable", base, cand, None, None, f"no value in the {missing}")
+    ratio = cand / base if base else None
+    change = cand - base
+    limit = max(threshold * abs(base), floor)
+    outcome: Outcome = "regressed" if change > limit else "improved" if change < -limit else "ok"
+    return Verdict(recipe, metric, outcome, base, cand, ratio, None,
+                   f"change {change:+.4g} vs allowed {limit:.4g} ({threshold:.0%}, floor {floor:g})")
+
+
+def compare_recompiles(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict:
+    """Recompiles after warm-up are counts, not noise: any increase is a regression (0 -> 1 above all)."""
+    base, cand = baseline.get("recompiles_after_warmup"), candidate.get("recompiles_after_warmup")
+    if base is None or cand is None:
+        return Verdict(recipe, "recompiles", "incomparable", base, cand, None, None, "count missing")
+    outcome: Outcome = "regressed" if cand > base else "improved" if cand < base else "ok"
+    return Verdict(recipe, "recompiles", outcome, base, cand, None, None, f"{base} -> {cand} after warm-up")
+
+
+def compare_quality(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Verdict]:
+    """Higher is better; only scores both records have and ``QUALITY_TOLERANCES`` knows are compared."""
+    base, cand = baseline.get("quality") or {}, candidate.get("quality") or {}
+    verdicts = []
+    for name, tolerance in QUALITY_TOLERANCES.items():
+        if base.get(name) is None or cand.get(name) is None:
+            continue
+        b, c = float(base[name]), float(cand[name])
+        outcome: Outcome = "regressed" if c < b - tolerance else "improved" if c > b + tolerance else "ok"
+        verdicts.append(Verdict(recipe, f"quality.{name}", outcome, b, c, c / b if b else None, None,
+                                f"change {c - b:+.4g} vs tolerance {tolerance:g}"))
+    return verdicts
+
+
+def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any],
+                   latency_margin: float | None = None, confidence: float = CONFIDENCE) -> list[Verdict]:
+    reason = comparable(baseline, candidate)
+    if reason:
+        return [Verdict(recipe, "all", "incomparable", None, None, None, None, reason)]
+    margin = latency_threshold(candidate["profile"]) if latency_margin is None else latency_margin
+    return [
+        compare_latency(recipe, baseline, candidate, margin, confidence),
+        compare_value(recipe, "warmup_s", warmup_seconds(baseline), warmup_seconds(candidate), WARMUP_THRESHOLD,
+                      WARMUP_FLOOR_S),
+        compare_value(recipe, "peak_memory_gib", peak_memory_gib(baseline), peak_memory_gib(candidate),
+                      MEMORY_THRESHOLD),
+        compare_recompiles(recipe, baseline, candidate),
+        *compare_quality(recipe, baseline, candidate),
+    ]
+
+
+def compare_records(baselines: dict[str, dict[str, Any]], candidates: dict[str, dict[str, Any]],
+                    latency_margin: float | None = None, confidence: float = CONFIDENCE) -> list[Verdict]:
+    """Verdicts for every recipe of either side; a recipe on one side only is incomparable, saying which.
+    ``latency_margin`` None: the profile's default (``latency_threshold``)."""
+    verdicts = []
+    for recipe in sorted(baselines.keys() | candidates.keys()):
+        if recipe not in baselines:
+            verdicts.append(Verdict(recipe, "all", "incomparable", None, None, None, None, "no baseline recorded"))
+        elif recipe not in candidates:
+            verdicts.append(Verdict(recipe, "all", "incomparable", None, None, None, None, "not in this run"))
+        else:
+            verdicts += compare_record(recipe, baselines[recipe], candidates[recipe], latency_margin, confidence)
+    return verdicts
+
+
+def any_regression(verdicts: Sequence[Verdict]) -> bool:
+    return any(v.verdict == "regressed" for v in verdicts)
+
+
+HEADER = ("recipe", "metric", "verdict", "baseline", "candidate", "ratio", "interval", "reason")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """Each verdict as table cells in ``HEADER`` order (shared by the plain and the markdown table)."""
+    return [
+        (v.recipe, v.metric, v.verdict, _number(v.baseline), _number(v.candidate),
+         "-" if v.ratio is None else f"{v.ratio:.3f}",
+         "-" if v.interval is None else f"[{v.interval[0]:.3f}, {v.interval[1]:.3f}]", v.reason)
+        for v in verdicts
+    ]
+
+
+def format_table(verdicts: Sequence[Verdict]) -> str:
+    rows = [HEADER, *verdict_rows(verdicts)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.compare",
+        description="Compare a run's records with stored baselines and print one verdict table. Exit status: "
+        "0 no regression, 1 at least one regression, 2 unreadable records or nothing to compare.",
+    )
+    parser.add_argument("baseline_dir", type=Path, metavar="BASELINE_DIR",
+                        help="baselines root holding <profile>/<recipe>.json (e.g. baselines)")
+    parser.add_argument("candidate_dir", type=Path, metavar="CANDIDATE_DIR",
+                        help="the candidate run's records root, same layout (e.g. .results)")
+    parser.add_argument("--profile", required=True, help="hardware profile folder to compare (e.g. h100, cpu)")
+    parser.add_argument("--latency-threshold", type=float, default=None, metavar="FRACTION",
+                        help=f"margin the median-ratio interval must clear (default: {LATENCY_THRESHOLD}, "
+                        f"cpu: {PROFILE_LATENCY_THRESHOLDS['cpu']})")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE,
+                        help=f"two-sided bootstrap interval level (default: {CONFIDENCE})")
+    args = parser.parse_args(argv)
+    try:
+        baselines = read_records(args.baseline_dir, args.profile)
+        candidates = read_records(args.candidate_dir, args.profile)
+    except BaselineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not candidates:
+        print(f"error: no records under {args.candidate_dir / args.profile}", file=sys.stderr)
+        return 2
+    verdicts = compare_records(baselines, candidates, args.latency_threshold, args.confidence)
+    print(format_table(verdicts))
+    return 1 if any_regression(verdicts) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""A run's records made readable: ``report.md`` (the run's table, the verdicts) and PNG plots beside it.
+
+Plots are drawn on matplotlib ``Figure`` objects saved through the Agg canvas, never through pyplot, so the
+importing process keeps its backend and holds no open figures. With ``GITHUB_STEP_SUMMARY`` set (GitHub
+Actions) the tables are appended to the job's summary page as well; the plots stay in the uploaded folder,
+since a summary cannot show local images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from perf.baselines import read_records
+from perf.compare import (
+    HEADER,
+    Verdict,
+    any_regression,
+    compare_records,
+    latency_median,
+    latency_samples,
+    peak_memory_gib,
+    verdict_rows,
+    warmup_seconds,
+)
+from perf.errors import BaselineError
+from perf.recipes import RECIPES
+
+BASELINE_RECIPE = "baseline"  # the seed's unoptimized row; speedups are relative to it
+RUN_HEADER = ("recipe", "latency median (s)", f"speedup vs {BASELINE_RECIPE}", "warm-up (s)",
+              "peak memory / budget", "recompiles", "model source", "device", "emulated", "attention kernel")
+
+Records = dict[str, dict[str, Any]]
+
+
+def speedup(records: Records, recipe: str) -> float | None:
+    """Baseline median over this recipe's median (2.0: twice as fast); None without a baseline row."""
+    base = latency_median(records[BASELINE_RECIPE]) if BASELINE_RECIPE in records else None
+    mine = latency_median(records[recipe])
+    return base / mine if base and mine else None
+
+
+def _value(value: float | None, spec: str = ".3f", unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
+
+
+def memory_cell(record: dict[str, Any]) -> str:
+    peak, budget = peak_memory_gib(record), record.get("memory_budget_gib")
+    if peak is None:
+        return "-"
+    if budget:
+        return f"{peak:.2f} / {budget:g} GiB ({peak / budget:.0%})"
+    return f"{peak:.2f} GiB ({(record.get('peak_memory') or {}).get('kind', '?')}, no budget)"
+
+
+def run_rows(records: Records) -> list[tuple[str, ...]]:
+    return [
+        (recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"),
+         _value(warmup_seconds(record), ".1f"), memory_cell(record),
+         str(record.get("recompiles_after_warmup", "-")), str(record.get("model_source", "-")),
+         str(record.get("device", "-")), "yes" if record.get("emulated") else "no",
+         str((record.get("attention") or {}).get("kernel", "-")))
+        for recipe, record in records.items()
+    ]
+
+
+SEED_HEADER = ("recipe", "ours (s)", "ours vs our baseline", "seed (s)", "seed vs seed baseline",
+               "compile + warm-up (s)")
+
+
+def seed_rows(records: Records) -> list[tuple[str, ...]]:
+    """Our rows beside the seed's published figures. Absolute times are not comparable (other GPU clocks,
+    real vs synthetic weights, another torch); each speedup is relative to its own baseline."""
+    seed_base = RECIPES[BASELINE_RECIPE].seed_seconds
+    rows = []
+    for recipe, record in records.items():
+        seed = RECIPES[recipe].seed_seconds if recipe in RECIPES else None
+        if seed is None:
+            continue
+        rows.append((
+            recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"), f"{seed:.3f}",
+            _value(seed_base / seed if seed_base else None, ".2f", "x"), _value(warmup_seconds(record), ".0f"),
+        ))
+    return rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def _bar_figure(labels: list[str], values: list[float], xlabel: str, title: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(8, 1.2 + 0.45 * len(labels)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(labels, values, color="tab:blue", alpha=0.7)
+    ax.invert_yaxis()  # first recipe on top, as in the table
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return fig, ax
+
+
+def plot_latency(records: Records, path: Path) -> None:
+    """Medians as bars with every raw sample as a dot: the spread the verdict's interval comes from."""
+    timed = {recipe: record for recipe, record in records.items() if latency_samples(record)}
+    fig, ax = _bar_figure(list(timed), [latency_median(r) for r in timed.values()], "seconds per generation",
+                          "Latency (median bar, raw samples as dots)")
+    for row, record in enumerate(timed.values()):
+        samples = latency_samples(record)
+        ax.plot(samples, [row] * len(samples), "k.", markersize=4)
+    fig.savefig(path, dpi=100)
+
+
+def plot_speedup(records: Records, path: Path) -> None:
+    ratios = {recipe: speedup(records, recipe) for recipe in records}
+    ratios = {recipe: value for recipe, value in ratios.items() if value}
+    fig, ax = _bar_figure(list(ratios), list(ratios.values()), f"speedup vs {BASELINE_RECIPE} (x)",
+                          f"Speedup over the {BASELINE_RECIPE} recipe")
+    ax.axvline(1.0, color="k", linewidth=1)
+    fig.savefig(path, dpi=100)
+
+
+def plot_memory(records: Records, path: Path) -> None:
+    peaks = {recipe: peak_memory_gib(record) for recipe, record in records.items()}
+    peaks = {recipe: value for recipe, value in peaks.items() if value is not None}
+    fig, ax = _bar_figure(list(peaks), list(peaks.values()), "GiB", "Peak memory vs budget")
+    for budget in sorted({r["memory_budget_gib"] for r in records.values() if r.get("memory_budget_gib")}):
+        ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g} GiB")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    fig.savefig(path, dpi=100)
+
+
+def plot_history(records: Records, history: list[dict[str, Any]], path: Path) -> None:
+    """Median latency of each recipe over the dates of the stored runs, this run last."""
+    series: dict[str, list[tuple[datetime, float]]] = {}
+    for record in [*history, *records.values()]:
+        median = latency_median(record)
+        if median is not None and record.get("date"):
+            series.setdefault(record["recipe"]["name"], []).append((datetime.fromisoformat(record["date"]), median))
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for recipe, points in sorted(series.items()):
+        dates, medians = zip(*sorted(points), strict=True)
+        ax.plot(dates, medians, marker="o", label=recipe)
+    ax.set_ylabel("median seconds per generation")
+    ax.set_title("Latency across stored runs")
+    ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | None = None,
+                 history: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``report.md`` and its plots into ``out_dir``; returns the report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = ", ".join(sorted({str(r.get("profile")) for r in records.values()}))
+    sections = [f"# flux-lora-perf: {profiles}", markdown_table(RUN_HEADER, run_rows(records))]
+    beside_seed = seed_rows(records)
+    if beside_seed:
+        sections += ["## Beside the seed's table", markdown_table(SEED_HEADER, beside_seed)]
+    if verdicts is not None:
+        status = "**Regression found.**" if any_regression(verdicts) else "No regression."
+        sections += ["## Verdict against the baselines", status, markdown_table(HEADER, verdict_rows(verdicts))]
+    plot_latency(records, out / "latency.png")
+    plot_memory(records, out / "memory.png")
+    plots = ["latency", "memory"]
+    if BASELINE_RECIPE in records:
+        plot_speedup(records, out / "speedup.png")
+        plots.append("speedup")
+    if history:
+        plot_history(records, history, out / "history.png")
+        plots.append("history")
+    tables = "\n\n".join(sections) + "\n"
+    images = "\n\n".join(f"![{name}]({name}.png)" for name in plots)
+    path = out / "report.md"
+    path.write_text(f"{tables}\n## Plots\n\n{images}\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(tables + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.report",
+        description="Write report.md and PNG plots for one run's records (and the job summary on GitHub "
+        "Actions, when GITHUB_STEP_SUMMARY is set).",
+    )
+    parser.add_argument("records_dir", type=Path, metavar="RECORDS_DIR",
+                        help="one profile's records of a run, e.g. .results/h100 (<recipe>.json files)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and the plots")
+    parser.add_argument("--baselines", type=Path, default=None, metavar="DIR",
+                        help="baselines root (e.g. baselines): add the verdict table against "
+                        "DIR/<profile>/, the profile being RECORDS_DIR's folder name")
+    args = parser.parse_args(argv)
+    profile = args.records_dir.name
+    try:
+        records = read_records(args.records_dir.parent, profile)
+        verdicts = compare_records(read_records(args.baselines, profile), records) if args.baselines else None
+    except BaselineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"error: no records in {args.records_dir}", file=sys.stderr)
+        return 2
+    print(write_report(records, args.out, verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

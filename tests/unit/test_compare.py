@@ -1,0 +1,198 @@
+"""The regression verdict, specified: its error rates on simulated noise, then each metric's rule and the CLI.
+
+Noise model: one generation's time is multiplicative log-normal noise of a given CV (coefficient of variation)
+around the true time; runs are independent. 4000 simulated baseline/candidate pairs per case, seeded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perf.baselines import SCHEMA_VERSION, write_record
+from perf.compare import (
+    DEFAULT_ROUNDS,
+    LATENCY_THRESHOLD,
+    PROFILE_LATENCY_THRESHOLDS,
+    bootstrap_medians,
+    classify_interval,
+    compare_records,
+    format_table,
+    main,
+    median_ratio_interval,
+)
+
+PAIRS = 4000
+GPU_CV = 0.01  # twice the spread GPU runs show (<= 0.5% of the median)
+CPU_CV = 0.05  # a shared CPU runner
+
+
+def outcome_rates(rounds: int, cv: float, slowdown: float, threshold: float, seed: int) -> dict[str, float]:
+    """Share of simulated comparisons per outcome when the candidate is truly ``slowdown`` times the baseline."""
+    rng = np.random.default_rng(seed)
+    baseline = np.exp(cv * rng.standard_normal((PAIRS, rounds)))
+    candidate = slowdown * np.exp(cv * rng.standard_normal((PAIRS, rounds)))
+    outcomes = classify_interval(median_ratio_interval(baseline, candidate), threshold)
+    return {name: float(np.mean(outcomes == name)) for name in ("regressed", "improved", "ok")}
+
+
+@pytest.mark.parametrize("rounds", [DEFAULT_ROUNDS, 3])
+def test_identical_runs_rarely_alarm(rounds):
+    rates = outcome_rates(rounds, GPU_CV, 1.0, LATENCY_THRESHOLD, seed=1)
+    assert rates["regressed"] <= 0.01
+    assert rates["improved"] <= 0.01
+
+
+@pytest.mark.parametrize("rounds", [DEFAULT_ROUNDS, 3])
+def test_true_five_percent_change_is_caught(rounds):
+    assert outcome_rates(rounds, GPU_CV, 1.05, LATENCY_THRESHOLD, seed=2)["regressed"] >= 0.95
+    assert outcome_rates(rounds, GPU_CV, 1 / 1.05, LATENCY_THRESHOLD, seed=3)["improved"] >= 0.95
+
+
+def test_gpu_margin_on_a_noisy_cpu_would_false_alarm():
+    """Why the cpu profile has its own margin: 5 samples at 5% CV cannot meet both targets."""
+    assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 1.0, LATENCY_THRESHOLD, seed=4)["regressed"] > 0.01
+
+
+def test_cpu_margin_keeps_false_alarms_low_and_catches_large_slowdowns():
+    margin = PROFILE_LATENCY_THRESHOLDS["cpu"]
+    assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 1.0, margin, seed=5)["regressed"] <= 0.01
+    assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 1.20, margin, seed=6)["regressed"] >= 0.95
+
+
+@pytest.mark.parametrize("rounds", [4, 5])
+def test_bootstrap_medians_equal_medians_of_resampled_samples(rounds):
+    """Indices drawn by the same generator pick from the sorted samples, so medians match one for one."""
+    samples = np.random.default_rng(0).random(rounds)
+    fast = bootstrap_medians(samples, 500, np.random.default_rng(7))
+    indices = np.random.default_rng(7).integers(0, rounds, (500, rounds))
+    np.testing.assert_allclose(fast, np.median(np.sort(samples)[indices], axis=1))
+
+
+def test_interval_is_reproducible():
+    base, cand = np.array([1.0, 1.02, 0.99, 1.01, 1.0]), np.array([1.05, 1.04, 1.06, 1.05, 1.07])
+    np.testing.assert_array_equal(median_ratio_interval(base, cand), median_ratio_interval(base, cand))
+
+
+BASE_SAMPLES = [1.000, 1.004, 0.997, 1.002, 0.999]
+
+
+def record(samples=BASE_SAMPLES, recipe="optimized", **changes) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "profile": "h100",
+        "recipe": {"name": recipe},
+        "model_source": "synthetic-full",
+        "device": "NVIDIA H100 80GB HBM3",
+        "emulated": False,
+        "settings": {"height": 1024, "width": 1024},
+        "latency": {"samples_s": list(samples)},
+        "compile": {"warmup_seconds": 30.0},
+        "peak_memory": {"allocated_gib": 30.0, "reserved_gib": 32.0, "kind": "cuda"},
+        "recompiles_after_warmup": 0,
+        "versions": {},
+        **changes,
+    }
+
+
+def verdicts_of(baseline: dict, candidate: dict) -> dict[str, str]:
+    return {v.metric: v.verdict for v in compare_records({"optimized": baseline}, {"optimized": candidate})}
+
+
+def test_unchanged_run_is_ok_on_every_metric():
+    assert set(verdicts_of(record(), record()).values()) == {"ok"}
+
+
+def test_slower_run_regresses_and_faster_run_improves():
+    assert verdicts_of(record(), record([s * 1.08 for s in BASE_SAMPLES]))["latency_median_s"] == "regressed"
+    assert verdicts_of(record(), record([s * 0.90 for s in BASE_SAMPLES]))["latency_median_s"] == "improved"
+
+
+@pytest.mark.parametrize(("key", "value"), [("device", "NVIDIA H200"), ("model_source", "black-forest-labs/FLUX.1-dev"),
+                                            ("emulated", True)])
+def test_records_of_another_device_or_model_are_incomparable(key, value):
+    (verdict,) = compare_records({"optimized": record()}, {"optimized": record(**{key: value})})
+    assert verdict.verdict == "incomparable"
+    assert key in verdict.reason
+
+
+def test_too_few_samples_is_incomparable():
+    assert verdicts_of(record(), record(samples=[1.0]))["latency_median_s"] == "incomparable"
+
+
+def test_recipe_on_one_side_only_is_incomparable():
+    verdicts = compare_records({"optimized": record()}, {"fresh": record(recipe="fresh")})
+    assert {(v.recipe, v.verdict) for v in verdicts} == {("fresh", "incomparable"), ("optimized", "incomparable")}
+
+
+def test_any_new_recompile_regresses():
+    assert verdicts_of(record(), record(recompiles_after_warmup=1))["recompiles"] == "regressed"
+
+
+@pytest.mark.parametrize(("reserved", "expected"), [(34.56, "regressed"), (32.64, "ok"), (28.0, "improved")])
+def test_peak_memory_beyond_five_percent_regresses(reserved, expected):
+    candidate = record(peak_memory={"allocated_gib": 30.0, "reserved_gib": reserved, "kind": "cuda"})
+    assert verdicts_of(record(), candidate)["peak_memory_gib"] == expected
+
+
+@pytest.mark.parametrize(("warmup", "expected"), [(36.0, "regressed"), (32.0, "ok")])
+def test_warmup_beyond_ten_percent_regresses(warmup, expected):
+    assert verdicts_of(record(), record(compile={"warmup_seconds": warmup}))["warmup_s"] == expected
+
+
+def test_subsecond_warmup_jitter_is_not_a_regression():
+    base, cand = record(compile={"warmup_seconds": 0.3}), record(compile={"warmup_seconds": 0.6})
+    assert verdicts_of(base, cand)["warmup_s"] == "ok"
+
+
+def test_quality_drop_beyond_tolerance_regresses_and_unshared_scores_are_skipped():
+    base = record(quality={"clip_score": 31.0, "psnr_vs_reference": 38.0})
+    cand = record(quality={"clip_score": 29.5, "psnr_vs_reference": 37.5})
+    verdicts = verdicts_of(base, cand)
+    assert verdicts["quality.clip_score"] == "regressed"
+    assert verdicts["quality.psnr_vs_reference"] == "ok"
+    assert not any(metric.startswith("quality") for metric in verdicts_of(base, record()))
+
+
+def test_table_lists_every_verdict():
+    verdicts = compare_records({"optimized": record()}, {"optimized": record(recompiles_after_warmup=2)})
+    table = format_table(verdicts).splitlines()
+    assert table[0].split()[:3] == ["recipe", "metric", "verdict"]
+    assert len(table) == 1 + len(verdicts)
+    assert any("recompiles" in line and "regressed" in line for line in table)
+
+
+def write_run(root: Path, candidate: dict) -> tuple[Path, Path]:
+    write_record(root / "base", record())
+    write_record(root / "cand", candidate)
+    return root / "base", root / "cand"
+
+
+def test_cli_exits_one_on_regression(tmp_path, capsys):
+    base, cand = write_run(tmp_path, record(recompiles_after_warmup=1))
+    assert main([str(base), str(cand), "--profile", "h100"]) == 1
+    assert "regressed" in capsys.readouterr().out
+
+
+def test_cli_exits_zero_without_regression(tmp_path, capsys):
+    base, cand = write_run(tmp_path, record([s * 0.9 for s in BASE_SAMPLES]))
+    assert main([str(base), str(cand), "--profile", "h100"]) == 0
+    assert "improved" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_empty_candidate_folder(tmp_path, capsys):
+    base, _ = write_run(tmp_path, record())
+    assert main([str(base), str(tmp_path / "nothing"), "--profile", "h100"]) == 2
+    assert "no records" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_one_on_regression(tmp_path):
+    base, cand = write_run(tmp_path, record([s * 1.2 for s in BASE_SAMPLES]))
+    run = subprocess.run([sys.executable, "-m", "perf.compare", str(base), str(cand), "--profile", "h100"],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "latency_median_s" in run.stdout
