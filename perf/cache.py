@@ -1,5 +1,5 @@
 """The one folder for everything the suite generates outside the source tree (synthetic models and LoRAs,
-compile caches). Configurable with ``--cache-dir`` or ``FLUX_LORA_PERF_CACHE``."""
+compile caches). Configurable with ``--perf-cache`` or ``FLUX_LORA_PERF_CACHE``; ``--clear-perf-cache`` empties it."""
 
 from __future__ import annotations
 

@@ -43,9 +43,11 @@ LATENCY_THRESHOLD = 0.015
 """Margin on the median ratio: the interval must clear 1 +/- 1.5%. It absorbs small run-to-run drift (clocks,
 thermals) that the within-run samples cannot see, yet leaves room to catch a 5% slowdown with 5 or 3 rounds."""
 
-PROFILE_LATENCY_THRESHOLDS = {"cpu": 0.05}
-"""Wider margins for noisy devices: a shared CPU runner shows ~5% CV, where 1.5% would false-alarm ~4% of the
-time per recipe; 5% keeps false alarms near 0.2% (slowdowns of ~20% and more are still caught)."""
+PROFILE_LATENCY_THRESHOLDS = {"cpu": 0.60}
+"""Wider margins for noisy devices. Within a run a shared CPU shows ~5% CV, but between runs of the same code
+on the 2-core CI machine the tiny model's median moved by up to +57% (2026-11-23, four A/A runs, 9 rounds):
+the load of other tenants shifts whole runs. On ``cpu`` the latency verdict only catches gross slowdowns (the
+gate's test delay of 50 ms doubles a 45 ms generation); speed is judged on GPU profiles."""
 
 CONFIDENCE = 0.80
 """Two-sided interval level, so each bound is a 90% one-sided bound. The margin does most of the work against
@@ -58,12 +60,21 @@ SEED = 0
 """A fixed seed makes every verdict reproducible: the same records always give the same table."""
 
 WARMUP_THRESHOLD = 0.10
-WARMUP_FLOOR_S = 1.0
-"""Warm-up (compile) time varies more than a generation (cache state, autotuning); 10% and at least a second,
-so sub-second jitter on uncompiled recipes is not a regression."""
+WARMUP_FLOOR_S = 3.0
+"""Warm-up (compile) time varies more than a generation (cache state, autotuning); 10% and at least 3 s: an
+eager H100 row's first call moved 8.0 -> 9.3 s between two runs of the same code (2026-11-23)."""
 
 MEMORY_THRESHOLD = 0.05
-"""Peak memory is nearly deterministic for a fixed recipe; 5% more is a real change (and nears the budget)."""
+"""Peak GPU memory is nearly deterministic for a fixed recipe; 5% more is a real change (and nears the budget)."""
+
+RSS_MEMORY_THRESHOLD = 1.0
+"""On CPU the peak is the process's resident set, which a torch build changes by itself: the CUDA build of
+torch 2.14.1 added 0.4 GiB to a 0.5 GiB tiny-model process against the CPU build of 2.13.0. Only a doubling
+counts; memory is gated on GPU profiles."""
+
+
+def memory_threshold(record: dict[str, Any]) -> float:
+    return RSS_MEMORY_THRESHOLD if (record.get("peak_memory") or {}).get("kind") == "cpu-rss" else MEMORY_THRESHOLD
 
 QUALITY_TOLERANCES = {"clip_score": 1.0, "psnr_vs_reference": 2.0, "ssim_vs_reference": 0.02}
 """Largest allowed drop per quality score (absolute units: CLIP score points on torchmetrics' 0-100 scale, dB,
@@ -204,7 +215,7 @@ def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, A
         compare_value(recipe, "warmup_s", warmup_seconds(baseline), warmup_seconds(candidate), WARMUP_THRESHOLD,
                       WARMUP_FLOOR_S),
         compare_value(recipe, "peak_memory_gib", peak_memory_gib(baseline), peak_memory_gib(candidate),
-                      MEMORY_THRESHOLD),
+                      memory_threshold(candidate)),
         compare_recompiles(recipe, baseline, candidate),
         *compare_quality(recipe, baseline, candidate),
     ]

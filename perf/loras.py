@@ -189,7 +189,7 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
     if extra:
         shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} targets {len(extra)} modules that the first adapter {first.name!r} does "
+            f"LoRA {candidate.name!r} targets {len(extra)} module(s) that the first adapter {first.name!r} does "
             f"not ({shown}): a hot-swapped adapter may only target the same modules as the first one or a "
             "subset; load the adapter with the most targets first"
         )

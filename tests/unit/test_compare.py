@@ -61,7 +61,7 @@ def test_gpu_margin_on_a_noisy_cpu_would_false_alarm():
 def test_cpu_margin_keeps_false_alarms_low_and_catches_large_slowdowns():
     margin = PROFILE_LATENCY_THRESHOLDS["cpu"]
     assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 1.0, margin, seed=5)["regressed"] <= 0.01
-    assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 1.20, margin, seed=6)["regressed"] >= 0.95
+    assert outcome_rates(DEFAULT_ROUNDS, CPU_CV, 2.0, margin, seed=6)["regressed"] >= 0.95
 
 
 @pytest.mark.parametrize("rounds", [4, 5])

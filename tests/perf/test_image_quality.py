@@ -20,7 +20,8 @@ def stored_baseline(case, suite):
 
 
 def case_images(case):
-    return {**case.scenario.images, case.built.first.name: case.scenario.warmup_image}
+    """Each adapter's last image; the first adapter's warm-up image when the scenario never swapped back."""
+    return {case.built.first.name: case.scenario.warmup_image, **case.scenario.images}
 
 
 def test_quality_within_tolerance_of_baselines(case, suite):

@@ -1,0 +1,36 @@
+"""Session fixtures for the unit tests that build pipelines: the tiny synthetic model and LoRA pool are written
+once per session into a temporary cache, never into the developer's cache or the source tree."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+
+from perf.cache import cache_dir
+from perf.loras import LoraPool, synthetic_pool
+from perf.models import ModelSource, resolve_source
+from perf.profiles import ActiveProfile, DeviceInfo, resolve_profile
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cache_dir(tmp_path_factory.mktemp("perf-cache"))
+
+
+@pytest.fixture(scope="session")
+def cpu_profile() -> ActiveProfile:
+    """The CPU profile on this machine's CPU, even where a GPU is present: these tests specify CPU behaviour."""
+    return resolve_profile(None, DeviceInfo(platform.machine() or "cpu", "cpu", None, None))
+
+
+@pytest.fixture(scope="session")
+def tiny_source(cpu_profile: ActiveProfile) -> ModelSource:
+    return resolve_source(None, cpu_profile.profile.model_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tiny_cache: Path) -> LoraPool:
+    """style_a (r4, to_q/k/v/out.0), style_b (r8, to_q/k/v only), style_c (r16, to_q/k/v/out.0)."""
+    return synthetic_pool("tiny", tiny_cache)

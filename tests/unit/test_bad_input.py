@@ -1,0 +1,270 @@
+"""Bad input gets one clear error: every mistake a user can make (LoRA, model, recipe, profile, baseline) is a
+``SuiteError`` whose message names the problem and the fix, raised before anything is changed, so a pytest run
+shows one line instead of a peft or safetensors stack trace, and a pipeline that refused an adapter still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from perf.baselines import read_record, read_records, record_path, write_record
+from perf.builder import BuiltPipeline, build_pipeline
+from perf.errors import BaselineError, LoraIncompatibleError, SuiteError
+from perf.loras import check_hotswap, inspect_lora
+from perf.models import resolve_source
+from perf.profiles import DeviceInfo, get_profile, resolve_profile
+from perf.recipes import get_recipe
+from perf.settings import TINY_SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0))
+RTX3060 = DeviceInfo("NVIDIA GeForce RTX 3060", "cuda", 12.0, (8, 6))
+RTX6000_ADA = DeviceInfo("NVIDIA RTX 6000 Ada Generation", "cuda", 47.5, (8, 9))
+BIG_ADA = DeviceInfo("hypothetical 96 GiB Ada GPU", "cuda", 96.0, (8, 9))  # reaches the FA3 check past the budget
+
+
+def hotswap_pipeline(source, active, pool, cache, **kwargs) -> BuiltPipeline:
+    return build_pipeline(source, get_recipe("hotswap_eager"), active, pool, TINY_SETTINGS, cache, **kwargs)
+
+
+def run_pytest(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/perf", *args, "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+# --- LoRAs ---------------------------------------------------------------------------------------------------
+
+
+def test_lora_above_the_hotswap_target_rank_is_refused_and_the_pipeline_keeps_working(
+    tiny_source, cpu_profile, tiny_pool, tiny_cache
+):
+    """A rank-16 adapter cannot be swapped into slots padded for rank 8: the error names both ranks and the
+    option that fixes it, and is raised before peft touches the weights, so the next image is bitwise the one
+    generated before the failed swap."""
+    style_a, _, style_c = tiny_pool.adapters
+    built = hotswap_pipeline(tiny_source, cpu_profile, tiny_pool, tiny_cache, target_rank=8)
+    before = built.generate()
+
+    with pytest.raises(LoraIncompatibleError, match=r"rank 16 but hot-swap was prepared for rank 8.*--max-rank 16"):
+        built.load_adapter(style_c)
+
+    assert built.current is style_a
+    np.testing.assert_array_equal(built.generate(), before)
+
+
+def test_lora_targeting_modules_the_first_adapter_did_not_is_refused_and_the_pipeline_keeps_working(
+    tiny_source, cpu_profile, tiny_pool, tiny_cache
+):
+    """Hot-swap can only replace weights in modules the first adapter created: style_a adds to_out.0 to
+    style_b's to_q/k/v, so swapping it in after style_b is refused, naming the module and the ordering fix."""
+    style_a, style_b, _ = tiny_pool.adapters
+    built = hotswap_pipeline(tiny_source, cpu_profile, tiny_pool, tiny_cache, first=style_b)
+    before = built.generate()
+
+    with pytest.raises(
+        LoraIncompatibleError,
+        match=r"targets 1 module\(s\) that the first adapter 'style_b' does not "
+        r"\(transformer_blocks\.0\.attn\.to_out\.0\)"
+        r".*same modules as the first one or a subset; load the adapter with the most targets first",
+    ):
+        built.load_adapter(style_a)
+
+    assert built.current is style_b
+    np.testing.assert_array_equal(built.generate(), before)
+
+
+def test_lora_with_text_encoder_weights_cannot_be_hotswapped(tmp_path, tiny_pool):
+    """diffusers cannot hot-swap text-encoder adapters; the file's tensors (not its name) reveal them."""
+    path = tmp_path / "with_te.safetensors"
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 32),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4),
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 32),
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(32, 4),
+        },
+        str(path),
+    )
+    adapter = inspect_lora(path, "with_te", "a prompt")
+    assert adapter.text_encoder
+    assert adapter.modules == {"transformer_blocks.0.attn.to_q"}
+
+    with pytest.raises(
+        LoraIncompatibleError, match=r"text-encoder weights.*use a transformer-only LoRA or a recipe without hot-swap"
+    ):
+        check_hotswap(tiny_pool.adapters[0], adapter, tiny_pool.max_rank)
+
+
+def test_safetensors_file_without_lora_weights_is_not_a_lora(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.randn(4, 4), "bias": torch.randn(4)}, str(path))
+    with pytest.raises(SuiteError, match=r"not a LoRA \(no lora_A/lora_down weights among 2 tensors\).*pass a LoRA"):
+        inspect_lora(path, "model", "a prompt")
+
+
+def test_truncated_lora_file_is_reported_as_unreadable(tmp_path, tiny_pool):
+    """Half a real adapter file (an interrupted download): safetensors' header check, worded as a fix."""
+    data = tiny_pool.adapters[0].path.read_bytes()
+    path = tmp_path / "half.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SuiteError, match=r"not a readable safetensors file.*truncated\?.*Download or save it again"):
+        inspect_lora(path, "half", "a prompt")
+
+
+# --- model sources -------------------------------------------------------------------------------------------
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    with pytest.raises(SuiteError, match=r"no such folder; give a FLUX\.1-dev diffusers folder or a hub id"):
+        resolve_source(str(tmp_path / "flux-dev"), "tiny")
+
+
+def test_folder_without_model_index_is_not_a_pipeline(tmp_path):
+    with pytest.raises(SuiteError, match=r"not a diffusers pipeline folder \(no model_index\.json\).*give the folder"):
+        resolve_source(str(tmp_path), "tiny")
+
+
+def test_pipeline_folder_of_another_class_is_not_flux(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(
+        SuiteError, match=r"is a 'StableDiffusionXLPipeline', not a FluxPipeline.*FLUX\.1-dev diffusers folder"
+    ):
+        resolve_source(str(tmp_path), "tiny")
+
+
+def test_pipeline_folder_with_corrupt_model_index_is_a_suite_error(tmp_path):
+    """A half-copied folder must not surface as a bare JSONDecodeError."""
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPip')
+    with pytest.raises(SuiteError, match=r"model_index\.json is not valid JSON.*copy the folder again"):
+        resolve_source(str(tmp_path), "tiny")
+
+
+# --- recipes and profiles ------------------------------------------------------------------------------------
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(SuiteError, match=r"unknown recipe 'optimised'; known recipes: baseline, optimized, .*"):
+        get_recipe("optimised")
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(SuiteError, match=r"unknown profile 'a100'; known profiles: cpu, h100, h200, rtx4090"):
+        get_profile("a100")
+
+
+def test_pytest_rejects_an_unknown_recipe_as_a_usage_error(tmp_path):
+    """A typo in --recipes must stop the run (exit 4) before anything is built, not silently select nothing."""
+    result = run_pytest("--recipes", "hotswap_eager,nope", cache=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "unknown recipe 'nope'; known recipes: baseline," in output
+    assert "hotswap_eager" in output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_pytest_rejects_a_gpu_profile_on_a_cpu_machine_as_a_usage_error(tmp_path):
+    result = run_pytest("--profile", "h100", cache=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "--profile h100 needs a CUDA device" in output
+    assert "or drop --profile" in output
+
+
+def test_profile_with_a_budget_bigger_than_the_device_is_refused():
+    """Emulation caps memory; it cannot add memory: a 24 GiB profile cannot be checked on a 12 GiB card."""
+    with pytest.raises(
+        SuiteError, match=r"--profile rtx4090 budgets 24 GiB but NVIDIA GeForce RTX 3060 has 12\.0 GiB.*bigger device"
+    ):
+        resolve_profile("rtx4090", device=RTX3060)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        pytest.param(RTX6000_ADA, r"budgets 80 GiB but NVIDIA RTX 6000 Ada Generation has 47\.5 GiB", id="48GiB-ada"),
+        pytest.param(BIG_ADA, r"needs FA3-class attention \(Hopper\).*choose a profile without FA3 \(rtx4090\)",
+                     id="96GiB-ada"),
+    ],
+)
+def test_h100_profile_on_an_ada_device_is_refused(device, message):
+    """An Ada GPU has no FA3-class kernels, so H100 rows cannot be emulated on one (every real Ada card is
+    also below the 80 GiB budget; a hypothetical big one reaches the FA3 check itself)."""
+    with pytest.raises(SuiteError, match=message):
+        resolve_profile("h100", device=device)
+
+
+def test_smaller_profile_on_a_bigger_device_is_emulated():
+    active = resolve_profile("rtx4090", H100)
+    assert active.profile.name == "rtx4090"
+    assert active.emulated
+    assert "emulated on NVIDIA H100 80GB HBM3" in active.describe()
+    assert not resolve_profile("h100", H100).emulated
+
+
+# --- baselines -----------------------------------------------------------------------------------------------
+
+
+def make_record(**changes) -> dict:
+    record = {
+        "schema": 1, "profile": "cpu", "recipe": {"name": "hotswap_eager"}, "model_source": "synthetic-tiny",
+        "device": "x86_64", "emulated": False, "latency": {"samples_s": [0.5, 0.6], "median_s": 0.55},
+        "versions": {"torch": torch.__version__},
+    }
+    return {**record, **changes}
+
+
+def test_corrupt_baseline_names_the_file_and_how_to_restore_it(tmp_path):
+    path = record_path(tmp_path, "cpu", "hotswap_eager")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "profile": "cp')
+    with pytest.raises(BaselineError, match=r"hotswap_eager\.json is corrupt .*restore it from git or re-record it"):
+        read_record(path)
+    with pytest.raises(BaselineError, match="is corrupt"):
+        read_records(tmp_path, "cpu")
+
+
+def test_baseline_of_an_unknown_schema_version_must_be_rerecorded(tmp_path):
+    path = write_record(tmp_path, make_record(schema=99))
+    with pytest.raises(
+        BaselineError, match=r"schema version 99; this suite reads version 1: re-record it with --update-baselines"
+    ):
+        read_record(path)
+
+
+def test_baseline_missing_fields_names_them(tmp_path):
+    record = make_record()
+    del record["latency"], record["device"]
+    path = write_record(tmp_path, record)
+    with pytest.raises(BaselineError, match=r"lacks device, latency; re-record it with --update-baselines"):
+        read_record(path)
+
+
+@pytest.mark.parametrize(
+    "change", [{"device": "NVIDIA H100 80GB HBM3"}, {"model_source": "pretrained:black-forest-labs/FLUX.1-dev"}],
+    ids=["other-device", "other-model"],
+)
+def test_baseline_of_another_device_or_model_is_never_replaced_by_accident(tmp_path, change):
+    """A CPU run must not overwrite an H100 baseline (or a real model's with the synthetic one's): refused,
+    the stored record untouched, unless the user asks for it explicitly."""
+    path = write_record(tmp_path, make_record())
+    stored = path.read_bytes()
+    foreign = make_record(**change)
+
+    with pytest.raises(BaselineError, match=r"holds a baseline from x86_64 / synthetic-tiny.*--overwrite-foreign"):
+        write_record(tmp_path, foreign)
+    assert path.read_bytes() == stored
+
+    write_record(tmp_path, foreign, overwrite_foreign=True)
+    replaced = read_record(path)
+    assert {key: replaced[key] for key in change} == change

@@ -1,0 +1,72 @@
+"""The cache folder (synthetic models, LoRAs, compile caches) is configurable, lives outside the source tree by
+default, and can be cleared: a stale synthetic model must never be read from, or committed into, the repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perf.cache import ENV_VAR, cache_dir, clear_cache
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_environment_variable_picks_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "from-env"))
+    assert cache_dir() == tmp_path / "from-env"
+    assert (tmp_path / "from-env").is_dir()
+
+
+def test_override_beats_the_environment_variable(monkeypatch, tmp_path):
+    """``--perf-cache DIR`` is passed as the override and must win over an exported variable."""
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "from-env"))
+    assert cache_dir(tmp_path / "from-option") == tmp_path / "from-option"
+    assert not (tmp_path / "from-env").exists()
+
+
+def test_default_is_under_home_not_the_source_tree(monkeypatch, tmp_path):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "flux-lora-perf"
+
+
+def test_default_outside_a_checkout_run_from_its_root(monkeypatch):
+    """Run from the repository root (as CI does), the default still resolves outside the checkout."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(ROOT)
+    assert not cache_dir().is_relative_to(ROOT)
+
+
+def test_clear_cache_removes_the_folder_and_everything_in_it(tmp_path):
+    cache = cache_dir(tmp_path / "cache")
+    (cache / "models" / "synthetic-tiny-v1").mkdir(parents=True)
+    (cache / "models" / "synthetic-tiny-v1" / "model_index.json").write_text("{}")
+
+    assert clear_cache(cache) == cache
+    assert not cache.exists()
+
+
+def test_pytest_option_clears_the_cache_named_by_the_environment(tmp_path):
+    """``--clear-perf-cache`` empties the folder before anything is built. The run then points torch's inductor
+    cache into it, which recreates the folder empty: what must be gone is its content."""
+    cache = tmp_path / "cache"
+    stale = cache / "models" / "synthetic-tiny-v1" / "model_index.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    env = {**os.environ, ENV_VAR: str(cache)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/perf", "--clear-perf-cache", "--collect-only", "-q",
+         "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert result.returncode == pytest.ExitCode.OK, result.stdout + result.stderr
+    assert f"removed cache {cache}" in result.stderr
+    assert not stale.exists()
+    assert not cache.exists() or not any(cache.iterdir())

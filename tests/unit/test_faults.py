@@ -1,0 +1,193 @@
+"""Faults are isolated: one variant running out of memory fails that variant alone, with its peak figures, after
+its memory is freed; every variant gives its memory back before the next one starts; and a baseline write killed
+at any moment leaves the old record or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+import perf.case
+import perf.measure
+from perf.baselines import read_records, record_path, write_record
+from perf.case import CaseFailed, open_case
+from perf.measure import assert_no_leak
+from perf.recipes import get_recipe
+from perf.settings import TINY_SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture
+def open_tiny_case(tiny_source, cpu_profile, tiny_pool, tiny_cache):
+    def run(recipe: str):
+        return open_case(tiny_source, get_recipe(recipe), cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache,
+                         progress=quiet)
+
+    return run
+
+
+@pytest.fixture
+def device_memory(monkeypatch) -> weakref.WeakSet:
+    """GPU memory in use, faked on CPU: 1 GiB for every pipeline ``open_case`` built that is still alive. Only a
+    pipeline nothing references any more stops counting, as only freed tensors leave ``memory_allocated``."""
+    live = weakref.WeakSet()
+    build = perf.case.build_pipeline
+
+    def tracked_build(*args, **kwargs):
+        built = build(*args, **kwargs)
+        live.add(built.pipe)
+        return built
+
+    def in_use_gib(device_type: str) -> float:
+        return float(len(live))
+
+    monkeypatch.setattr(perf.case, "build_pipeline", tracked_build)
+    monkeypatch.setattr(perf.case, "in_use_gib", in_use_gib)
+    monkeypatch.setattr(perf.measure, "in_use_gib", in_use_gib)
+    return live
+
+
+# --- out of memory and leaks ---------------------------------------------------------------------------------
+
+
+def test_out_of_memory_fails_only_its_variant_with_peak_figures_and_the_next_variant_runs(
+    monkeypatch, device_memory, open_tiny_case
+):
+    """An OOM during hotswap_eager's scenario becomes that case's ``CaseFailed`` naming the peak, with its
+    pipeline already released; the next variant (baseline) then builds and runs its whole scenario."""
+    run_scenario = perf.case.run_scenario
+
+    def scenario_out_of_memory_once(built, progress):
+        if built.recipe.name == "hotswap_eager":
+            raise torch.OutOfMemoryError(OOM)
+        return run_scenario(built, progress)
+
+    monkeypatch.setattr(perf.case, "run_scenario", scenario_out_of_memory_once)
+    start = perf.measure.in_use_gib("cpu")
+
+    with pytest.raises(CaseFailed, match=r"hotswap_eager: out of memory on cpu .*\(peak .*GiB.*\): " + OOM):
+        open_tiny_case("hotswap_eager")
+    assert_no_leak(start, "cpu", slack_gib=0.5)
+
+    case = open_tiny_case("baseline")
+    assert [step.adapter for step in case.scenario.steps] == ["style_b", "style_c", "style_a"]
+    assert case.record["recipe"]["name"] == "baseline"
+    case.release()
+
+
+def test_memory_returns_to_its_starting_level_between_variants(device_memory, open_tiny_case):
+    """Each variant holds its pipeline while it runs and gives it back on release, so the next one is measured
+    from the same level (a hot-swap variant also builds and drops a fresh reference pipeline)."""
+    start = perf.measure.in_use_gib("cpu")
+    for recipe in ("hotswap_eager", "baseline"):
+        case = open_tiny_case(recipe)
+        assert perf.measure.in_use_gib("cpu") == start + 1, f"{recipe}: only its own pipeline may be alive"
+        case.release()
+        assert_no_leak(start, "cpu", slack_gib=0.5)
+
+
+def test_a_variant_whose_pipeline_outlives_its_release_is_reported_as_a_leak(device_memory, open_tiny_case):
+    """Negative control: a reference kept past ``release()`` (a cache, a global, a hook) must fail the check."""
+    start = perf.measure.in_use_gib("cpu")
+    case = open_tiny_case("baseline")
+    kept = case.built
+    case.release()
+    with pytest.raises(AssertionError, match=r"1\.00 GiB in use after the variant, 0\.00 GiB at its start"):
+        assert_no_leak(start, "cpu", slack_gib=0.5)
+    assert kept.recipe.name == "baseline"
+
+
+# --- interrupted baseline writes -----------------------------------------------------------------------------
+
+PAD = 6_000_000  # bytes of padding per payload: a write takes long enough to be killed in the middle of it
+WRITER = f"""
+import json, os, sys, time
+from pathlib import Path
+from perf.baselines import atomic_write_bytes, read_record
+
+path, pause = Path(sys.argv[1]), sys.argv[2] == "pause"
+fsync = os.fsync
+
+def fsync_then_pause(fd):  # "pause": stop inside the write, after the data and before the rename
+    fsync(fd)
+    if pause:
+        print("in-write", flush=True)
+        time.sleep(60)
+
+os.fsync = fsync_then_pause
+base = read_record(path)
+payloads = [
+    json.dumps({{**base, "iteration": i, "pad": "x" * {PAD}}}, indent=1, sort_keys=True).encode() for i in range(2)
+]
+print("ready", flush=True)
+for i in range(10**6):  # the loop is all writing: payloads are built before it
+    atomic_write_bytes(path, payloads[i % 2])
+"""
+
+
+def kill_writer(path: Path, after: str, delay: float) -> None:
+    """Start a process rewriting ``path`` in a loop and SIGKILL it ``delay`` seconds after it prints ``after``."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), "pause" if after == "in-write" else "loop"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    deadline = threading.Timer(60, writer.kill)  # a writer that never prints ``after`` fails the test, not hangs it
+    deadline.start()
+    try:
+        while (line := writer.stdout.readline().strip()) != after:
+            assert line, f"the writer exited before printing {after!r} (rc {writer.poll()})"
+        time.sleep(delay)
+    finally:
+        deadline.cancel()
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+        writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL
+
+
+def assert_old_or_complete(path: Path, old: dict) -> dict:
+    record = json.loads(path.read_text())
+    if record != old:
+        assert record == {**old, "iteration": record["iteration"], "pad": "x" * PAD}
+    return record
+
+
+def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
+    """SIGKILL lands at arbitrary points of a loop of several-MB atomic writes, then once provably inside a write
+    (after the data, before the rename): the record always parses as the old record or one complete new payload,
+    and the only debris is a ``.tmp`` file that ``read_records`` ignores."""
+    record = {
+        "schema": 1, "profile": "cpu", "recipe": {"name": "hotswap_eager"}, "model_source": "synthetic-tiny",
+        "device": "x86_64", "emulated": False, "latency": {"samples_s": [0.5]}, "versions": {},
+    }
+    path = write_record(tmp_path, record)
+    assert path == record_path(tmp_path, "cpu", "hotswap_eager")
+    old = assert_old_or_complete(path, json.loads(path.read_text()))
+
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.35):
+        kill_writer(path, "ready", delay)
+        old = assert_old_or_complete(path, old)
+
+    kill_writer(path, "in-write", 0.0)
+    assert json.loads(path.read_text()) == old, "a write killed before its rename changed the record"
+
+    leftovers = sorted(p.name for p in path.parent.iterdir() if p != path)
+    assert leftovers, "the paused writer must leave its temporary file, or the kill did not land inside a write"
+    assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in leftovers), leftovers
+    assert read_records(tmp_path, "cpu") == {"hotswap_eager": old}
