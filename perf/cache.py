@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_VAR = "FLUX_LORA_PERF_CACHE"
@@ -23,3 +25,20 @@ def clear_cache(override: str | os.PathLike | None = None) -> Path:
     path = cache_dir(override)
     shutil.rmtree(path)
     return path
+
+
+def build_once(folder: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``folder`` made by ``build(staging)`` unless ``folder/marker`` exists: built in a staging folder beside
+    it and renamed into place, so a killed or racing process never leaves a half-written one."""
+    if (folder / marker).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    try:
+        build(staging)
+        if not (folder / marker).is_file():  # another process may have won the race
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

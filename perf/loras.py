@@ -4,13 +4,12 @@ hot-swap constraints checked up front so a bad adapter gives one clear error ins
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from perf.cache import build_once
 from perf.errors import LoraIncompatibleError, SuiteError
 from perf.models import CONFIGS
 
@@ -97,18 +96,9 @@ def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Pa
         layers[f"{module}.lora_A.weight"] = a.to(torch.bfloat16)
         layers[f"{module}.lora_B.weight"] = b.to(torch.bfloat16)
     metadata = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        FluxPipeline.save_lora_weights(
-            staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME,
-            transformer_lora_adapter_metadata=metadata,
-        )
-        if not (folder / WEIGHT_NAME).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_once(folder, WEIGHT_NAME, lambda staging: FluxPipeline.save_lora_weights(
+        staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME, transformer_lora_adapter_metadata=metadata,
+    ))
     return folder / WEIGHT_NAME
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from perf.cache import build_once
 from perf.errors import SuiteError
 
 SYNTHETIC_SEED = 0
@@ -174,19 +173,10 @@ def build_synthetic_pipeline(size: str, dtype: torch.dtype, device: str | torch.
 
 def synthetic_tiny_folder(cache: Path) -> Path:
     """The tiny synthetic model in diffusers format under the cache, written once (atomically)."""
-    folder = cache / "models" / f"synthetic-tiny-v{SYNTHETIC_VERSION}"
-    if (folder / "model_index.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        build_synthetic_pipeline("tiny", torch.float32).save_pretrained(staging)
-        if not (folder / "model_index.json").is_file():  # another process may have won the race
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return build_once(
+        cache / "models" / f"synthetic-tiny-v{SYNTHETIC_VERSION}", "model_index.json",
+        lambda staging: build_synthetic_pipeline("tiny", torch.float32).save_pretrained(staging),
+    )
 
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: Path):

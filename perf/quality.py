@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from perf.baselines import thumbnail, to_uint8
+from perf.cache import build_once
 from perf.errors import SuiteError
 from perf.models import synthetic_tokenizers
 from perf.recipes import Recipe
@@ -120,19 +119,8 @@ def _build_synthetic_clip(folder: Path) -> None:
 
 def synthetic_clip_folder(cache: Path) -> Path:
     """The synthetic CLIP under the cache, written once (staged, then renamed into place)."""
-    folder = cache / "models" / f"synthetic-clip-v{SYNTHETIC_CLIP_VERSION}"
-    if (folder / "config.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        _build_synthetic_clip(staging)
-        if not (folder / "config.json").is_file():  # another process may have won the race
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return build_once(cache / "models" / f"synthetic-clip-v{SYNTHETIC_CLIP_VERSION}", "config.json",
+                      _build_synthetic_clip)
 
 
 @functools.lru_cache(maxsize=4)
