@@ -49,8 +49,10 @@ class Case:
         self.record["checks"][name] = {"passed": passed, **figures}
 
     def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> list[Path]:
-        """The record goes to the run's results always, and to the baselines when asked."""
-        images = {**self.scenario.images, "warmup": self.scenario.warmup_image}
+        """The record goes to the run's results always, and to the baselines when asked. Each adapter's image
+        is its last one (the first adapter's warm-up image when the scenario never swapped back to it)."""
+        warmup = self.scenario.warmup_image
+        images = {self.built.first.name: warmup, **self.scenario.images, "warmup": warmup}
         paths = [write_record(results_dir, self.record, images, overwrite_foreign=True)]
         if baselines_dir is not None:
             paths.append(write_record(baselines_dir, self.record, images, overwrite_foreign=overwrite_foreign))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from perf.measure import PeakMemory
 from perf.recipes import Recipe
 
 SEPARATION = 2.0  # the other adapter's image must be this many tolerances away, or the check is vacuous
@@ -40,3 +41,17 @@ class ImageDiff:
 def image_diff(a: np.ndarray, b: np.ndarray) -> ImageDiff:
     delta = np.abs(a.astype(np.float64) - b.astype(np.float64))
     return ImageDiff(float(delta.mean()), float(delta.max()))
+
+
+def over_budget(peak: PeakMemory, budget_gib: float | None, profile: str) -> str | None:
+    """Why a generation's peak GPU memory breaks the profile's budget, or None. Reserved memory counts: the
+    caching allocator's reservation is what another process (or a 24 GB card) cannot have."""
+    if budget_gib is None or peak.kind != "cuda":
+        return None
+    worst = max(peak.allocated_gib or 0.0, peak.reserved_gib)
+    if worst <= budget_gib:
+        return None
+    return (
+        f"peak GPU memory {worst:.2f} GiB (allocated {peak.allocated_gib:.2f}, reserved {peak.reserved_gib:.2f}) "
+        f"exceeds the {profile} budget of {budget_gib:g} GiB"
+    )

@@ -20,7 +20,7 @@ def stored_baseline(case, suite):
 
 
 def case_images(case):
-    """Each adapter's last image; the first adapter's warm-up image when the scenario never swapped back."""
+    """Each adapter's last image, as ``Case.save`` stores them."""
     return {case.built.first.name: case.scenario.warmup_image, **case.scenario.images}
 
 
