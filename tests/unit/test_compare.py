@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_records import h100_record
 
-from perf.baselines import SCHEMA_VERSION, write_record
+from perf.baselines import write_record
 from perf.compare import (
     DEFAULT_ROUNDS,
     LATENCY_THRESHOLD,
@@ -82,21 +83,7 @@ BASE_SAMPLES = [1.000, 1.004, 0.997, 1.002, 0.999]
 
 
 def record(samples=BASE_SAMPLES, recipe="optimized", **changes) -> dict:
-    return {
-        "schema": SCHEMA_VERSION,
-        "profile": "h100",
-        "recipe": {"name": recipe},
-        "model_source": "synthetic-full",
-        "device": "NVIDIA H100 80GB HBM3",
-        "emulated": False,
-        "settings": {"height": 1024, "width": 1024},
-        "latency": {"samples_s": list(samples)},
-        "compile": {"warmup_seconds": 30.0},
-        "peak_memory": {"allocated_gib": 30.0, "reserved_gib": 32.0, "kind": "cuda"},
-        "recompiles_after_warmup": 0,
-        "versions": {},
-        **changes,
-    }
+    return h100_record(recipe, samples, **changes)
 
 
 def verdicts_of(baseline: dict, candidate: dict) -> dict[str, str]:
