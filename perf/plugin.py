@@ -151,6 +151,8 @@ class Suite:
             return f"needs {profile}, found {detect_device().name} (no profile for it; pass --profile)"
         if self.active.name != profile:
             return f"needs {profile}, found {self.active.describe()}"
+        if recipe.opt_in and recipe.name not in (self.option("--recipes") or "").split(","):
+            return f"opt-in row ({recipe.note}); run it with --recipes {recipe.name}"
         return unsupported_reason(recipe, self.active)
 
     def progress(self, message: str) -> None:

@@ -37,6 +37,7 @@ class Recipe:
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
+    opt_in: bool = False  # runs only when named in --recipes (e.g. a compile known to take very long)
     note: str = ""
 
     @property
@@ -105,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
-            seed_flags="(none)",
+            seed_flags="(none)", opt_in=True,
             note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
