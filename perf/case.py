@@ -94,7 +94,7 @@ def open_case(
             adapter = pool.adapters[1]
             progress(f"[{recipe.name}] fresh eager pipeline with {adapter.name}, to check swaps against")
             fresh[adapter.name] = _fresh_image(source, recipe, active, pool, settings, cache, adapter)
-        progress(f"[{recipe.name}] building ({active.describe()}, {source.label})")
+        progress(f"[{recipe.name}] building ({active.describe()}, {source.label}; LoRAs {pool.describe()})")
         built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=target_rank)
         scenario = run_scenario(built, progress)
         record = make_record(built, scenario)

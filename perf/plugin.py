@@ -156,11 +156,14 @@ class Suite:
         return unsupported_reason(recipe, self.active)
 
     def progress(self, message: str) -> None:
+        """A line on the terminal now, past pytest's output capture: GPU rows take minutes each."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"  {message}")
-        else:
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
             print(message, file=sys.stderr)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"  {message}")
 
 
 def case_params() -> list:
@@ -178,6 +181,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in HARDWARE_MARKERS:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
+    _quiet_libraries()
     if config.getoption("--clear-perf-cache"):
         removed = clear_cache(config.getoption("--perf-cache"))
         print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
@@ -198,6 +202,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 SUITE = pytest.StashKey[Suite]()
+
+
+def _quiet_libraries() -> None:
+    """No download/loading progress bars, and no per-load "no LoRA keys for the text encoder" warning (the
+    suite's adapters are transformer-only by design): the suite prints its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 DEFAULT_BENCHMARK_STORAGE = "file://./.benchmarks"
 
 

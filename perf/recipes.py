@@ -146,10 +146,6 @@ def get_recipe(name: str) -> Recipe:
         raise SuiteError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}") from None
 
 
-def recipes_for(profile: str) -> list[Recipe]:
-    return [r for r in RECIPES.values() if profile in r.profiles]
-
-
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
