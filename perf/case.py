@@ -48,15 +48,14 @@ class Case:
     def add_check(self, name: str, passed: bool, **figures) -> None:
         self.record["checks"][name] = {"passed": passed, **figures}
 
-    def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> list[Path]:
+    def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> None:
         """The record goes to the run's results always, and to the baselines when asked. Each adapter's image
         is its last one (the first adapter's warm-up image when the scenario never swapped back to it)."""
         warmup = self.scenario.warmup_image
         images = {self.built.first.name: warmup, **self.scenario.images, "warmup": warmup}
-        paths = [write_record(results_dir, self.record, images, overwrite_foreign=True)]
+        write_record(results_dir, self.record, images, overwrite_foreign=True)
         if baselines_dir is not None:
-            paths.append(write_record(baselines_dir, self.record, images, overwrite_foreign=overwrite_foreign))
-        return paths
+            write_record(baselines_dir, self.record, images, overwrite_foreign=overwrite_foreign)
 
     def release(self) -> None:
         """Drop the pipeline and compiled graphs so the next recipe starts from the same memory level."""
