@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "profile", "recipe", "model_source", "device", "emulated", "latency", "versions")
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "torchao", "bitsandbytes", "flash-attn-3")
+# A record's "outcome" (older records lack it: completed).
+COMPLETED, OUT_OF_MEMORY, OVER_COMPILE_BUDGET = "completed", "out_of_memory", "over_compile_budget"
 THUMBNAIL = 128  # stored reference images are at most this many pixels a side
 
 

@@ -3,6 +3,10 @@
 Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
 first LoRA -> CPU offload -> compile. Hot-swap must be enabled before the first adapter is loaded and before the
 transformer is compiled, or the second adapter recompiles.
+
+Recipes made to fit a 24 GB card (offload or NF4 T5) are *staged*: loaded into CPU memory, T5 quantized at
+load, the transformer quantized layer by layer on the GPU, and only then placed on the GPU (or offloaded), as
+the seed does. The bf16 pipeline (~33 GB) is never on the GPU at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import numpy as np
 import torch
 
 from perf.attention import AttentionChoice, choose_attention
+from perf.cache import build_once
 from perf.loras import LoraAdapter, LoraPool, check_hotswap
-from perf.models import ModelSource, load_pipeline
+from perf.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
 from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
 from perf.settings import GenerationSettings
@@ -88,28 +93,41 @@ def attention_shape(pipe, settings: GenerationSettings) -> tuple[int, int, int, 
     return (1, tokens, cfg.num_attention_heads, cfg.attention_head_dim)
 
 
-def _nf4_text_encoder_2(source: ModelSource, pipe, cache: Path):
-    """T5 in NF4 through bitsandbytes, quantized at load as the seed does (saved first when synthetic)."""
+def _nf4_text_encoder_2(source: ModelSource, pipe, cache: Path, dtype: torch.dtype):
+    """T5 in NF4 through bitsandbytes, quantized at load as the seed does (saved first when synthetic). It lands
+    on the current GPU (bitsandbytes places 4-bit weights at load), or stays on the CPU where there is none."""
     from transformers import BitsAndBytesConfig, T5EncoderModel
 
-    config = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-    )
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     if source.kind == "pretrained":
         where, subfolder = source.location, "text_encoder_2"
     else:
-        where, subfolder = cache / "models" / f"{source.location}-text_encoder_2", None
-        if not (where / "config.json").is_file():
-            pipe.text_encoder_2.save_pretrained(where)
+        where = build_once(
+            cache / "models" / f"{source.location}-v{SYNTHETIC_VERSION}-text_encoder_2", "config.json",
+            pipe.text_encoder_2.save_pretrained,
+        )
+        subfolder = None
     kwargs = {"subfolder": subfolder} if subfolder else {}
-    return T5EncoderModel.from_pretrained(where, quantization_config=config, torch_dtype=torch.bfloat16, **kwargs)
+    return T5EncoderModel.from_pretrained(where, quantization_config=config, torch_dtype=dtype, **kwargs)
 
 
-def _fp8(transformer) -> str:
+def _fp8(transformer, device: str | None) -> str:
+    """FP8 rowwise weights and dynamic activations; with ``device``, each layer is moved there and quantized in
+    turn (the staged path: the bf16 transformer never sits on the GPU whole)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), device=device)
     return "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (= float8dq_e4m3_row)"
+
+
+def staged(recipe: Recipe) -> bool:
+    """Recipes made for a small card load into CPU memory first and are placed once quantized/offloaded."""
+    return recipe.offload or recipe.t5_nf4
+
+
+def _offload_device(device: str) -> torch.device:
+    """The GPU this process runs on (one per pytest-xdist worker), not always cuda:0."""
+    return torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device(device)
 
 
 def build_pipeline(
@@ -125,18 +143,22 @@ def build_pipeline(
     """Build ``recipe`` on ``active``'s device with ``first`` (default: the pool's first adapter) loaded."""
     started = time.perf_counter()
     device = active.device.type
-    pipe = load_pipeline(source, active.profile.dtype, device, cache)
+    dtype = active.profile.dtype
+    stage = staged(recipe)
+    pipe = load_pipeline(source, dtype, device, cache, staged=stage)
     pipe.set_progress_bar_config(disable=True)
-    facts: dict = {}
+    facts: dict = {"staged_on_cpu": stage}
     if recipe.t5_nf4:
-        text_encoder_2 = _nf4_text_encoder_2(source, pipe, cache)
+        text_encoder_2 = _nf4_text_encoder_2(source, pipe, cache, dtype)
         pipe.text_encoder_2 = None
         pipe.register_modules(text_encoder_2=text_encoder_2)
         facts["t5"] = "bitsandbytes NF4"
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
     pipe.transformer.set_attention_backend(attention.backend)
     if recipe.fp8:
-        facts["fp8"] = _fp8(pipe.transformer)
+        facts["fp8"] = _fp8(pipe.transformer, device if stage else None)
+    if stage and not recipe.offload:
+        pipe.to(device)
     built = BuiltPipeline(
         pipe, recipe, active, source, pool, settings, attention, target_rank or pool.max_rank, facts=facts
     )
@@ -144,8 +166,7 @@ def build_pipeline(
         pipe.enable_lora_hotswap(target_rank=built.target_rank)
     built.load_adapter(first or pool.adapters[0])
     if recipe.offload:
-        pipe.to("cpu")
-        pipe.enable_model_cpu_offload()
+        pipe.enable_model_cpu_offload(device=_offload_device(device))
     if recipe.compiled:
         fullgraph = not recipe.offload  # the seed compiles offloaded pipelines without fullgraph
         compile_kwargs = {"fullgraph": fullgraph, "mode": recipe.compile_mode}

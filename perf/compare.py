@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from perf.baselines import comparable, read_records
+from perf.baselines import COMPLETED, comparable, read_records
 from perf.errors import BaselineError
 
 Outcome = Literal["ok", "regressed", "improved", "incomparable"]
@@ -63,6 +63,11 @@ WARMUP_THRESHOLD = 0.10
 WARMUP_FLOOR_S = 3.0
 """Warm-up (compile) time varies more than a generation (cache state, autotuning); 10% and at least 3 s: an
 eager H100 row's first call moved 8.0 -> 9.3 s between two runs of the same code (2026-11-23)."""
+
+SWAP_THRESHOLD = 0.25
+SWAP_FLOOR_S = 0.05
+"""A hot-swap copies LoRA weights in place: 0.1-0.2 s at full size, milliseconds on the tiny model, so only a
+change beyond 25% and 50 ms counts (one recompile during churn costs minutes and is caught as a count)."""
 
 MEMORY_THRESHOLD = 0.05
 """Peak GPU memory is nearly deterministic for a fixed recipe; 5% more is a real change (and nears the budget)."""
@@ -151,6 +156,23 @@ def warmup_seconds(record: dict[str, Any]) -> float | None:
     return (record.get("compile") or {}).get("warmup_seconds")
 
 
+def nested(record: dict[str, Any], path: str) -> float | None:
+    """``record["a"]["b"]`` for ``"a.b"``; None where any level is missing."""
+    value: Any = record
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+SERVING_METRICS = (
+    ("cold_start.cold.process_to_first_image_s", WARMUP_THRESHOLD, WARMUP_FLOOR_S),
+    ("cold_start.warm.process_to_first_image_s", WARMUP_THRESHOLD, WARMUP_FLOOR_S),
+    ("churn.swap_p95_s", SWAP_THRESHOLD, SWAP_FLOOR_S),
+    ("churn.recompiles", 0.0, 0.0),
+)
+"""Cold/warm start and LoRA churn, compared where both records have them (lower is better for each)."""
+
+
 def compare_latency(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], threshold: float,
                     confidence: float = CONFIDENCE) -> Verdict:
     metric = "latency_median_s"
@@ -181,6 +203,26 @@ def compare_value(recipe: str, metric: str, base: float | None, cand: float | No
                    f"change {change:+.4g} vs allowed {limit:.4g} ({threshold:.0%}, floor {floor:g})")
 
 
+def cache_state(record: dict[str, Any]) -> str | None:
+    """"cold" (compiled anew), "warm" (all loaded from the compile cache), "mixed", or None (not recorded)."""
+    cache = (record.get("compile") or {}).get("warmup_cache")
+    if not cache:
+        return None
+    hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
+    return "cold" if hits == 0 and misses else "warm" if misses == 0 and hits else "mixed" if hits else None
+
+
+def compare_warmup(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict:
+    """Warm-up seconds, compared only between compiles of the same cache state: a cold compile is minutes, one
+    loaded from the cache seconds, and neither says anything about the other."""
+    base_state, cand_state = cache_state(baseline), cache_state(candidate)
+    if base_state and cand_state and base_state != cand_state:
+        return Verdict(recipe, "warmup_s", "incomparable", warmup_seconds(baseline), warmup_seconds(candidate),
+                       None, None, f"compile cache {base_state} in the baseline, {cand_state} in this run")
+    return compare_value(recipe, "warmup_s", warmup_seconds(baseline), warmup_seconds(candidate),
+                         WARMUP_THRESHOLD, WARMUP_FLOOR_S)
+
+
 def compare_recompiles(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict:
     """Recompiles after warm-up are counts, not noise: any increase is a regression (0 -> 1 above all)."""
     base, cand = baseline.get("recompiles_after_warmup"), candidate.get("recompiles_after_warmup")
@@ -204,20 +246,35 @@ def compare_quality(recipe: str, baseline: dict[str, Any], candidate: dict[str, 
     return verdicts
 
 
+def compare_outcome(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict | None:
+    """None when both runs completed; else the one verdict that matters: a row that now runs out of memory
+    regressed, one that now completes improved, and a memory control that still runs out of memory is ok."""
+    base, cand = baseline.get("outcome", COMPLETED), candidate.get("outcome", COMPLETED)
+    if base == cand == COMPLETED:
+        return None
+    outcome: Outcome = "ok" if base == cand else "regressed" if cand != COMPLETED else "improved"
+    return Verdict(recipe, "outcome", outcome, None, None, None, None, f"{base} -> {cand}")
+
+
 def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any],
                    latency_margin: float | None = None, confidence: float = CONFIDENCE) -> list[Verdict]:
     reason = comparable(baseline, candidate)
     if reason:
         return [Verdict(recipe, "all", "incomparable", None, None, None, None, reason)]
+    outcome = compare_outcome(recipe, baseline, candidate)
+    if outcome is not None:
+        return [outcome]
     margin = latency_threshold(candidate["profile"]) if latency_margin is None else latency_margin
     return [
         compare_latency(recipe, baseline, candidate, margin, confidence),
-        compare_value(recipe, "warmup_s", warmup_seconds(baseline), warmup_seconds(candidate), WARMUP_THRESHOLD,
-                      WARMUP_FLOOR_S),
+        compare_warmup(recipe, baseline, candidate),
         compare_value(recipe, "peak_memory_gib", peak_memory_gib(baseline), peak_memory_gib(candidate),
                       memory_threshold(candidate)),
         compare_recompiles(recipe, baseline, candidate),
         *compare_quality(recipe, baseline, candidate),
+        *(compare_value(recipe, metric, nested(baseline, metric), nested(candidate, metric), threshold, floor)
+          for metric, threshold, floor in SERVING_METRICS
+          if nested(baseline, metric) is not None and nested(candidate, metric) is not None),
     ]
 
 

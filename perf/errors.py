@@ -11,3 +11,7 @@ class LoraIncompatibleError(SuiteError):
 
 class BaselineError(SuiteError):
     """A stored baseline record that cannot be read or does not belong to this run."""
+
+
+class CompileBudgetExceeded(SuiteError):
+    """A first generation (where compilation happens) ran past the profile's compile budget."""

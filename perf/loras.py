@@ -162,6 +162,17 @@ def user_pool(specs: list[str], prompt: str) -> LoraPool:
     return LoraPool(tuple(adapters))
 
 
+REAL_LORA_PROMPT = "a photo of a cat holding a sign that says hello world"
+
+
+def pool_for(specs: list[str], size: str, cache: Path) -> LoraPool:
+    """The user's adapters (``--lora``) or the synthetic pool for the model size; at least two to swap between."""
+    pool = user_pool(specs, REAL_LORA_PROMPT) if specs else synthetic_pool(size, cache)
+    if len(pool.adapters) < 2:
+        raise SuiteError("the LoRA pool needs at least two adapters to swap between; pass --lora twice or more")
+    return pool
+
+
 def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) -> None:
     """Raise ``LoraIncompatibleError`` naming the constraint if ``candidate`` cannot be hot-swapped in."""
     if candidate.text_encoder:

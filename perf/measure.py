@@ -28,6 +28,20 @@ def timed(fn: Callable[[], object], device_type: str) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def time_rounds(
+    fn: Callable[[], object], setup: Callable[[], None] | None, rounds: int, device_type: str
+) -> list[float]:
+    """What ``benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)`` times, for runs where
+    pytest-benchmark is off (it turns itself off under pytest-xdist): ``setup`` untimed, ``fn`` synchronized."""
+    samples = []
+    for _ in range(rounds):
+        if setup is not None:
+            setup()
+        seconds, _ = timed(fn, device_type)
+        samples.append(seconds)
+    return samples
+
+
 @dataclass(frozen=True)
 class PeakMemory:
     allocated_gib: float | None  # GPU: max_memory_allocated; CPU: None

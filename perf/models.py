@@ -144,8 +144,15 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_synthetic_pipeline(size: str, dtype: torch.dtype, device: str | torch.device = "cpu"):
-    """A FluxPipeline of FLUX.1-dev's architecture with seeded random weights (default inits: never zeros)."""
+def build_synthetic_pipeline(
+    size: str, dtype: torch.dtype, device: str | torch.device = "cpu", init_device: str | torch.device | None = None
+):
+    """A FluxPipeline of FLUX.1-dev's architecture with seeded random weights (default inits: never zeros).
+
+    Each component is initialized on ``init_device`` (default ``device``) and moved to ``device`` before the next
+    one is made: random init of 12 B parameters takes seconds on a GPU and minutes on a CPU, so a pipeline meant
+    for the CPU (offload, quantize-then-place on a 24 GB card) is still made on the GPU, one component at a
+    time, and never needs more GPU memory than its largest component."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -153,17 +160,19 @@ def build_synthetic_pipeline(size: str, dtype: torch.dtype, device: str | torch.
     clip_tok, t5_tok = synthetic_tokenizers()
     clip_vocab = FULL_VOCAB["clip"] if size == "full" else len(clip_tok)
     t5_vocab = FULL_VOCAB["t5"] if size == "full" else len(t5_tok)
-    with _default_dtype(dtype), torch.device(device):
-        torch.manual_seed(SYNTHETIC_SEED)
-        transformer = FluxTransformer2DModel(**cfg["transformer"])
-        torch.manual_seed(SYNTHETIC_SEED + 1)
-        vae = AutoencoderKL(**cfg["vae"])
-        torch.manual_seed(SYNTHETIC_SEED + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(vocab_size=clip_vocab, bos_token_id=0, eos_token_id=1, pad_token_id=1, **cfg["clip"])
-        )
-        torch.manual_seed(SYNTHETIC_SEED + 3)
-        text_encoder_2 = T5EncoderModel(T5Config(vocab_size=t5_vocab, **cfg["t5"]))
+    init_device = init_device or device
+
+    def made(seed_offset: int, make):
+        with _default_dtype(dtype), torch.device(init_device):
+            torch.manual_seed(SYNTHETIC_SEED + seed_offset)
+            return make().to(device)
+
+    transformer = made(0, lambda: FluxTransformer2DModel(**cfg["transformer"]))
+    vae = made(1, lambda: AutoencoderKL(**cfg["vae"]))
+    text_encoder = made(2, lambda: CLIPTextModel(
+        CLIPTextConfig(vocab_size=clip_vocab, bos_token_id=0, eos_token_id=1, pad_token_id=1, **cfg["clip"])
+    ))
+    text_encoder_2 = made(3, lambda: T5EncoderModel(T5Config(vocab_size=t5_vocab, **cfg["t5"])))
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG), vae=vae, text_encoder=text_encoder,
         tokenizer=clip_tok, text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer,
@@ -179,12 +188,13 @@ def synthetic_tiny_folder(cache: Path) -> Path:
     )
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: Path):
-    """The pipeline of ``source`` in ``dtype`` on ``device``."""
+def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: Path, staged: bool = False):
+    """The pipeline of ``source`` in ``dtype`` on ``device``; with ``staged``, left in CPU memory for the builder
+    to quantize and place part by part (a 24 GB card cannot hold the bf16 pipeline at once)."""
     from diffusers import FluxPipeline
 
     if source.location == "synthetic-full":
-        return build_synthetic_pipeline("full", dtype, device)
+        return build_synthetic_pipeline("full", dtype, "cpu" if staged else device, init_device=device)
     where = synthetic_tiny_folder(cache) if source.location == "synthetic-tiny" else source.location
     try:
         pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype)
@@ -193,4 +203,4 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: P
             f"could not load the Flux pipeline {source.location!r}: {exc}. Without network access, give a local "
             "folder or a model already in the Hugging Face cache (HF_HOME)"
         ) from exc
-    return pipe.to(device)
+    return pipe if staged else pipe.to(device)

@@ -7,6 +7,7 @@ and a run skips the rows that are not for the device it found, saying what it ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -19,15 +20,20 @@ import pytest
 
 from perf.baselines import atomic_write_bytes, now_iso
 from perf.cache import cache_dir, clear_cache
+from perf.case import Case, CaseFailed, keep_record, open_case
+from perf.churn import churn_pool, churn_sequence
+from perf.coldstart import ColdStart, measure_cold_start
 from perf.errors import SuiteError
-from perf.loras import LoraPool, check_pool, synthetic_pool, user_pool
+from perf.loras import LoraPool, check_hotswap, check_pool, pool_for
+from perf.measure import assert_no_leak
 from perf.models import ModelSource, resolve_source
 from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
+from perf.workers import is_controller, pin_worker_gpu, prefer_loadgroup, session_id
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
-REAL_LORA_PROMPT = "a photo of a cat holding a sign that says hello world"
+LEAK_SLACK_GIB = 1.0  # allocator rounding and cuBLAS/cuDNN workspaces; a leaked pipeline is tens of GiB
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,6 +97,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="delete the cache folder before the run (everything is rebuilt on demand).",
     )
     group.addoption(
+        "--no-cold-start", action="store_true",
+        help="skip the cold/warm start measurement of compiled hot-swap recipes (two extra processes per recipe, "
+        "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",
+    )
+    group.addoption(
+        "--compile-budget", type=float, default=None, metavar="SECONDS",
+        help="longest a compiling first generation may take before the recipe fails with its elapsed time "
+        "(default: the profile's: cpu 300, h100/h200 900, rtx4090 1200).",
+    )
+    group.addoption(
         "--clip-model", default=None, metavar="ID_OR_PATH",
         help="CLIP model for the CLIP score (e.g. openai/clip-vit-large-patch14 from the local cache); default: "
         "an embedded tiny CLIP, a smoke signal only.",
@@ -122,11 +138,12 @@ class Suite:
 
     @cached_property
     def pool(self) -> LoraPool:
-        specs = self.option("--lora")
-        pool = user_pool(specs, REAL_LORA_PROMPT) if specs else synthetic_pool(self.source.size, self.cache)
-        if len(pool.adapters) < 2:
-            raise SuiteError("the LoRA pool needs at least two adapters to swap between; pass --lora twice or more")
-        return pool
+        return pool_for(self.option("--lora"), self.source.size, self.cache)
+
+    @cached_property
+    def churn_pool(self) -> LoraPool:
+        """The churn's adapters: six synthetic ones of mixed ranks and targets, or the user's pool."""
+        return self.pool if self.option("--lora") else churn_pool(self.source.size, self.cache)
 
     @property
     def target_rank(self) -> int:
@@ -155,6 +172,71 @@ class Suite:
             return f"opt-in row ({recipe.note}); run it with --recipes {recipe.name}"
         return unsupported_reason(recipe, self.active)
 
+    def open_case(self, param: tuple[str, str]) -> Case:
+        """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
+        baselines when updating) before the error reaches the tests."""
+        profile, name = param
+        recipe = get_recipe(name)
+        reason = self.skip_reason(profile, recipe)
+        if reason:
+            pytest.skip(reason)
+        references = ()
+        if recipe.hotswap:
+            check_pool(self.pool, self.target_rank)
+            references = (self.pool.adapters[1],)
+        if recipe.serves_hotswap:
+            churn = churn_sequence(self.churn_pool)
+            for adapter in churn:
+                check_hotswap(self.pool.adapters[0], adapter, self.target_rank)
+            references += (churn[-1],)
+        cold_start = self.measure_cold_start(recipe) if recipe.serves_hotswap else None
+        try:
+            case = open_case(
+                self.source, recipe, self.active, self.pool, self.settings, self.cache, self.target_rank,
+                self.progress, references,
+            )
+        except CaseFailed as failed:
+            self.keep(failed.record, {})
+            raise
+        case.cold_start = cold_start
+        return case
+
+    def measure_cold_start(self, recipe: Recipe) -> ColdStart | str | None:
+        """Cold and warm start in child processes, before this recipe's pipeline exists in this one (the GPU
+        holds one pipeline at a time). A failure is kept as its message for the cold-start test to report."""
+        if self.option("--no-cold-start"):
+            return None
+        budget = self.active.profile.compile_budget_s
+        options = {"--model": self.option("--model"), "--lora": self.option("--lora"),
+                   "--max-rank": self.option("--max-rank"), "--perf-cache": self.cache, "--compile-budget": budget}
+        try:
+            return measure_cold_start(recipe.name, self.active.name, self.cache, options,
+                                      timeout_s=2 * (budget or 1800), progress=self.progress)
+        except SuiteError as exc:
+            return str(exc)
+
+    def close_case(self, case: Case) -> None:
+        """Save the case's record, release its pipeline, and check its memory came back."""
+        case.save(self.results_dir, self.baselines_dir if self.option("--update-baselines") else None,
+                  self.option("--overwrite-foreign-baselines"))
+        self.finished[case.recipe.name] = case.record
+        device = case.built.device_type
+        case.release()
+        assert_no_leak(case.record["memory_at_start_gib"], device, LEAK_SLACK_GIB)
+
+    def session_records(self) -> dict[str, dict]:
+        """The records this run wrote (by any worker), by recipe name."""
+        from perf.baselines import read_records
+
+        found = read_records(self.results_dir, self.active.name)
+        return {name: record for name, record in found.items() if record.get("session") == session_id()}
+
+    def keep(self, record: dict, images: dict) -> None:
+        keep_record(record, images, self.results_dir,
+                    self.baselines_dir if self.option("--update-baselines") else None,
+                    self.option("--overwrite-foreign-baselines"))
+        self.finished[record["recipe"]["name"]] = record
+
     def progress(self, message: str) -> None:
         """A line on the terminal now, past pytest's output capture: GPU rows take minutes each."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -166,27 +248,25 @@ class Suite:
             reporter.write_line(f"  {message}")
 
 
-def case_params() -> list:
-    """Every (profile, recipe) pair, marked with its hardware markers, as pytest params with readable ids."""
-    params = []
-    for recipe in RECIPES.values():
-        for profile in recipe.profiles:
-            marks = [getattr(pytest.mark, profile)] + ([] if profile == "cpu" else [pytest.mark.gpu])
-            params.append(pytest.param((profile, recipe.name), marks=marks, id=f"{profile}-{recipe.name}"))
-    return params
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    pin_worker_gpu()  # before anything starts CUDA in a pytest-xdist worker
+    session_id()
+    if prefer_loadgroup(config):
+        print("flux-lora-perf: --dist loadgroup (a recipe's tests share its pipeline, so its worker)", file=sys.stderr)
     for marker in HARDWARE_MARKERS:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
     _quiet_libraries()
     if config.getoption("--clear-perf-cache"):
         removed = clear_cache(config.getoption("--perf-cache"))
         print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
     try:
         active = resolve_profile(config.getoption("--profile"))
+        if active is not None and config.getoption("--compile-budget"):
+            budget = config.getoption("--compile-budget")
+            active = dataclasses.replace(active, profile=dataclasses.replace(active.profile, compile_budget_s=budget))
         if config.getoption("--recipes"):
             for name in config.getoption("--recipes").split(","):
                 if name.strip():
@@ -197,7 +277,9 @@ def pytest_configure(config: pytest.Config) -> None:
         apply_memory_cap(active)
         _benchmark_storage_per_profile(config, active.name)
     # Compiled artifacts live in the suite's cache folder too (warm starts; one folder to clear).
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir(config.getoption("--perf-cache")) / "inductor"))
+    cache = cache_dir(config.getoption("--perf-cache"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
     config.stash[SUITE] = Suite(config, active)
 
 
@@ -252,7 +334,9 @@ def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
         "command": " ".join(sys.argv),
         "date": now_iso(),
     }
-    path = folder / "sessions" / f"session-{summary['date'].replace(':', '')}.json"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    summary["worker"] = worker
+    path = folder / "sessions" / f"session-{summary['date'].replace(':', '')}{'-' + worker if worker else ''}.json"
     atomic_write_bytes(path, json.dumps(summary, indent=1).encode())
 
 
@@ -260,6 +344,8 @@ def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     write_session_summary(session, exitstatus)
     suite = session.config.stash.get(SUITE, None)
+    if suite is not None and suite.active is not None and is_controller(session.config):
+        suite.finished.update(suite.session_records())  # the workers ran the recipes
     if suite is None or not suite.finished:
         return
     lines, regressed = verdict_lines(suite)
@@ -317,18 +403,16 @@ def suite(pytestconfig: pytest.Config) -> Suite:
     return pytestconfig.stash[SUITE]
 
 
-def open_case_for(suite: Suite, param: tuple[str, str]):
-    """The fixture body for a (profile, recipe) param: skip with the reason, or run the recipe's case."""
-    from perf.case import open_case
-
-    profile, name = param
-    recipe = get_recipe(name)
-    reason = suite.skip_reason(profile, recipe)
-    if reason:
-        pytest.skip(reason)
-    if recipe.hotswap:
-        check_pool(suite.pool, suite.target_rank)
-    return open_case(
-        suite.source, recipe, suite.active, suite.pool, suite.settings, suite.cache, suite.target_rank,
-        suite.progress,
-    )
+def case_params(memory_controls: bool = False) -> list:
+    """Every (profile, recipe) pair, marked with its hardware markers and its pytest-xdist group (a recipe's
+    tests share one built pipeline, so they run on one worker), as pytest params with readable ids. Memory
+    controls (recipes that must not fit) get their own test instead of the shared case."""
+    params = []
+    for recipe in RECIPES.values():
+        if recipe.memory_control != memory_controls:
+            continue
+        for profile in recipe.profiles:
+            marks = [getattr(pytest.mark, profile), pytest.mark.xdist_group(f"{profile}-{recipe.name}")]
+            marks += [] if profile == "cpu" else [pytest.mark.gpu]
+            params.append(pytest.param((profile, recipe.name), marks=marks, id=f"{profile}-{recipe.name}"))
+    return params

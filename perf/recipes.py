@@ -7,6 +7,7 @@ Adding a recipe = adding one ``Recipe`` to ``RECIPES``; every perf test picks it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Literal
@@ -38,11 +39,17 @@ class Recipe:
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
     opt_in: bool = False  # runs only when named in --recipes (e.g. a compile known to take very long)
+    memory_control: bool = False  # negative control: must NOT fit the profile's memory budget
     note: str = ""
 
     @property
     def compiled(self) -> bool:
         return self.compile != "none"
+
+    @property
+    def serves_hotswap(self) -> bool:
+        """Compiled with hot-swap: the serving recipe, where a swap that recompiles costs minutes."""
+        return self.compiled and self.hotswap
 
     @property
     def expects_recompiles(self) -> bool:
@@ -105,6 +112,11 @@ RECIPES: dict[str, Recipe] = {
             note="hot-swap without compile, SDPA, full precision: the eager hot-swap path on any device",
         ),
         Recipe(
+            "t5_nf4", ("cpu",), t5_nf4=True,
+            note="T5 quantized to NF4 at load (bitsandbytes), hot-swap, eager: the consumer recipe's T5 path on "
+            "any device bitsandbytes supports",
+        ),
+        Recipe(
             "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
             seed_flags="(none)", opt_in=True,
             note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
@@ -132,7 +144,7 @@ RECIPES: dict[str, Recipe] = {
             note="FP8 + NF4 T5 + compile + hot-swap, no offload",
         ),
         Recipe(
-            "rtx4090_bf16", ("rtx4090",), hotswap=False,
+            "rtx4090_bf16", ("rtx4090",), hotswap=False, memory_control=True,
             note="memory negative control: plain bf16 without offload must exceed the 24 GB budget",
         ),
     )
@@ -148,6 +160,20 @@ def get_recipe(name: str) -> Recipe:
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def nf4_problem(device_type: str) -> str | None:
+    """Why bitsandbytes cannot NF4-quantize a tensor on this device type (its CPU backend is recent), or None."""
+    import torch
+
+    try:
+        import bitsandbytes.functional as bnb
+
+        bnb.quantize_4bit(torch.randn(64, 64, device=device_type), quant_type="nf4")
+    except Exception as exc:  # an old bitsandbytes without a CPU backend raises its own error types
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
 
 
 def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
@@ -167,8 +193,9 @@ def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
     if recipe.t5_nf4:
         if not _installed("bitsandbytes"):
             return "NF4 T5 needs bitsandbytes (pip install '.[gpu]')"
-        if device.type != "cuda":
-            return "NF4 T5 through bitsandbytes runs on CUDA here"
+        problem = nf4_problem(device.type)
+        if problem:
+            return f"NF4 T5: the installed bitsandbytes cannot quantize on {where}: {problem}"
     if recipe.fp8 and recipe.offload:
         return "the seed refuses FP8 with offload (torchao FP8 does not support offloading)"
     return None

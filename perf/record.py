@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 from typing import Any
 
-from perf.baselines import SCHEMA_VERSION, git_commit, library_versions, now_iso
+from perf.baselines import COMPLETED, SCHEMA_VERSION, git_commit, library_versions, now_iso
 from perf.builder import BuiltPipeline
+from perf.loras import LoraPool
+from perf.measure import PeakMemory
+from perf.models import ModelSource
+from perf.profiles import ActiveProfile
+from perf.recipes import Recipe
 from perf.scenario import ScenarioResult
+from perf.settings import GenerationSettings
+from perf.workers import SESSION_ENV
 
 
 def latency_summary(samples: list[float]) -> dict[str, Any]:
@@ -22,24 +30,57 @@ def latency_summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any]:
-    """Everything known about a recipe's run once its scenario has run; tests add latency and checks."""
-    active = built.active
+def identity(
+    recipe: Recipe, active: ActiveProfile, source: ModelSource, pool: LoraPool, settings: GenerationSettings
+) -> dict[str, Any]:
+    """What a record is of: recipe, profile, device, model source, settings, pool, software, source commit."""
     return {
         "schema": SCHEMA_VERSION,
         "profile": active.name,
         "emulated": active.emulated,
         "device": active.device.name,
         "memory_budget_gib": active.profile.memory_budget_gib,
-        "model_source": built.source.label,
-        "recipe": dataclasses.asdict(built.recipe),
-        "attention": dataclasses.asdict(built.attention),
-        "applied": built.facts,
-        "settings": built.settings.to_dict(),
+        "model_source": source.label,
+        "recipe": dataclasses.asdict(recipe),
+        "settings": settings.to_dict(),
         "lora_pool": [
             {"name": a.name, "rank": a.rank, "modules": len(a.modules), "synthetic": a.synthetic}
-            for a in built.pool.adapters
+            for a in pool.adapters
         ],
+        "versions": library_versions(),
+        "python": sys.version.split()[0],
+        "date": now_iso(),
+        "commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "session": os.environ.get(SESSION_ENV),
+        "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def failure_record(
+    recipe: Recipe, active: ActiveProfile, source: ModelSource, pool: LoraPool, settings: GenerationSettings,
+    outcome: str, error: str, peak: PeakMemory,
+) -> dict[str, Any]:
+    """The record of a recipe that did not complete (out of memory, over its compile budget): kept like any
+    other, so the failure is data, not a lost row."""
+    return {
+        **identity(recipe, active, source, pool, settings),
+        "outcome": outcome,
+        "error": error,
+        "peak_memory": peak.to_dict(),
+        "latency": latency_summary([]),
+        "checks": {},
+    }
+
+
+def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any]:
+    """Everything known about a recipe's run once its scenario has run; tests add latency and checks."""
+    return {
+        **identity(built.recipe, built.active, built.source, built.pool, built.settings),
+        "outcome": COMPLETED,
+        "attention": dataclasses.asdict(built.attention),
+        "applied": built.facts,
         "target_rank": built.target_rank if built.recipe.hotswap else None,
         "build_seconds": built.build_seconds,
         "compile": {
@@ -47,15 +88,11 @@ def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any
             "mode": built.recipe.compile_mode or "default",
             "warmup_seconds": scenario.warmup_seconds,
             "warmup_graphs": scenario.warmup_graphs,
+            "warmup_cache": scenario.warmup_cache,
         },
         "recompiles_after_warmup": scenario.recompiles_after_warmup,
         "swaps": [dataclasses.asdict(step) for step in scenario.steps],
         "peak_memory": scenario.peak.to_dict() if scenario.peak else None,
         "latency": latency_summary([]),
         "checks": {},
-        "versions": library_versions(),
-        "python": sys.version.split()[0],
-        "date": now_iso(),
-        "commit": git_commit(),
-        "command": " ".join(sys.argv),
     }

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from perf.budget import compile_budget
 from perf.builder import BuiltPipeline
 from perf.loras import LoraAdapter
 from perf.measure import PeakMemory, read_peak, reset_peak, timed
@@ -26,6 +27,7 @@ class SwapStep:
 class ScenarioResult:
     warmup_seconds: float  # first generation on adapter A, compile included
     warmup_graphs: int  # graphs compiled during warm-up (0 for eager recipes)
+    warmup_cache: dict[str, int]  # compile-cache hits and misses during warm-up: was the compile cold or warm?
     steps: list[SwapStep]
     warmup_image: np.ndarray = field(repr=False)  # adapter A's image before any swap
     images: dict[str, np.ndarray] = field(repr=False)  # adapter name -> its image after the last swap to it
@@ -48,7 +50,8 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
     reset_peak(device)
     first = built.current
     progress(f"[{built.recipe.name}] warm-up on {first.name} (r{first.rank}); compile happens here")
-    with RecompileWatcher() as warm:
+    budget = built.active.profile.compile_budget_s if built.recipe.compiled else None
+    with RecompileWatcher() as warm, compile_budget(budget, f"{built.recipe.name}: first generation"):
         warmup_seconds, warmup_image = timed(built.generate, device)
     images = {}
     steps = []
@@ -62,4 +65,4 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
             f"[{built.recipe.name}] swap to {adapter.name} (r{adapter.rank}): load {load_seconds:.2f}s, "
             f"generate {generate_seconds:.2f}s, recompiles {watcher.count}"
         )
-    return ScenarioResult(warmup_seconds, warm.count, steps, warmup_image, images, read_peak(device))
+    return ScenarioResult(warmup_seconds, warm.count, warm.cache, steps, warmup_image, images, read_peak(device))

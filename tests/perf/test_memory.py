@@ -1,9 +1,13 @@
 """A recipe must keep fitting its hardware: the peak GPU memory of a whole hot-swapped generation (text
-encoding, denoising and VAE decode, swaps included) stays within the profile's budget."""
+encoding, denoising and VAE decode, swaps included) stays within the profile's budget, and the plain bf16
+pipeline is shown not to fit it (else the budget check proves nothing)."""
 
 import pytest
 
+from perf.baselines import OUT_OF_MEMORY
+from perf.case import CaseFailed
 from perf.checks import over_budget
+from perf.plugin import case_params
 
 
 def test_peak_memory_within_budget(case):
@@ -14,3 +18,24 @@ def test_peak_memory_within_budget(case):
     problem = over_budget(peak, profile.memory_budget_gib, profile.name)
     case.add_check("within_memory_budget", problem is None, budget_gib=profile.memory_budget_gib)
     assert problem is None, problem
+
+
+@pytest.mark.parametrize("control", case_params(memory_controls=True))
+def test_bf16_pipeline_without_offload_breaks_the_budget(control, suite):
+    """Negative control: the recipe that should not fit (bf16, no offload, no quantization) runs out of memory
+    under the budget, or its measured peak exceeds it. Its record says which."""
+    try:
+        case = suite.open_case(control)
+    except CaseFailed as failed:
+        assert failed.record["outcome"] == OUT_OF_MEMORY
+        return
+    try:
+        budget = case.built.active.profile.memory_budget_gib
+        problem = over_budget(case.scenario.peak, budget, case.built.active.name)
+        case.add_check("exceeds_memory_budget", problem is not None, budget_gib=budget)
+        assert problem is not None, (
+            f"{case.recipe.name} fit within {budget} GiB (peak {case.scenario.peak}): the memory budget check's "
+            "negative control did not fire"
+        )
+    finally:
+        suite.close_case(case)

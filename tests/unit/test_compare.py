@@ -136,6 +136,40 @@ def test_subsecond_warmup_jitter_is_not_a_regression():
     assert verdicts_of(base, cand)["warmup_s"] == "ok"
 
 
+def cache(hits: int, misses: int) -> dict:
+    return {"warmup_seconds": 30.0, "warmup_cache": {"fxgraph_cache_hit": hits, "fxgraph_cache_miss": misses}}
+
+
+def test_warmup_of_a_cold_compile_is_not_compared_with_a_warm_one():
+    """A compile loaded from the cache (seconds) says nothing about one made anew (minutes), and vice versa."""
+    cold, warm = record(compile=cache(0, 3)), record(compile={**cache(3, 0), "warmup_seconds": 5.0})
+    assert verdicts_of(cold, warm)["warmup_s"] == "incomparable"
+    assert verdicts_of(warm, cold)["warmup_s"] == "incomparable"
+    assert verdicts_of(cold, record(compile={**cache(0, 3), "warmup_seconds": 40.0}))["warmup_s"] == "regressed"
+
+
+@pytest.mark.parametrize(("base", "cand", "expected"), [
+    ("completed", "out_of_memory", "regressed"), ("out_of_memory", "completed", "improved"),
+    ("out_of_memory", "out_of_memory", "ok"), ("completed", "over_compile_budget", "regressed"),
+])
+def test_a_row_that_stops_completing_regresses_and_a_memory_control_that_still_fails_is_ok(base, cand, expected):
+    verdicts = verdicts_of(record(outcome=base), record(outcome=cand))
+    assert verdicts == {"outcome": expected}
+
+
+def test_cold_start_and_churn_figures_are_compared_where_both_records_have_them():
+    serving = {"cold_start": {"cold": {"process_to_first_image_s": 200.0}, "warm": {"process_to_first_image_s": 60.0}},
+               "churn": {"swap_p95_s": 0.2, "recompiles": 0}}
+    slower = {"cold_start": {"cold": {"process_to_first_image_s": 260.0}, "warm": {"process_to_first_image_s": 61.0}},
+              "churn": {"swap_p95_s": 0.21, "recompiles": 1}}
+    verdicts = verdicts_of(record(**serving), record(**slower))
+    assert verdicts["cold_start.cold.process_to_first_image_s"] == "regressed"
+    assert verdicts["cold_start.warm.process_to_first_image_s"] == "ok"
+    assert verdicts["churn.swap_p95_s"] == "ok"
+    assert verdicts["churn.recompiles"] == "regressed"
+    assert "churn.swap_p95_s" not in verdicts_of(record(), record(**slower))
+
+
 def test_quality_drop_beyond_tolerance_regresses_and_unshared_scores_are_skipped():
     base = record(quality={"clip_score": 31.0, "psnr_vs_reference": 38.0})
     cand = record(quality={"clip_score": 29.5, "psnr_vs_reference": 37.5})

@@ -1,0 +1,116 @@
+"""LoRA churn: what a server does all day. Many hot-swaps in a row over a mixed pool (ranks up to the hot-swap
+rank, different alphas and target subsets), each followed by a generation: the 20th swap must be as cheap and
+as recompile-free as the first, and the last image must be the one a fresh pipeline with that adapter makes."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perf.builder import BuiltPipeline
+from perf.loras import (
+    ATTENTION,
+    LORA_VERSION,
+    QKV,
+    WEIGHT_NAME,
+    LoraAdapter,
+    LoraPool,
+    SyntheticLoraSpec,
+    inspect_lora,
+    write_synthetic_lora,
+)
+from perf.measure import timed
+from perf.watch import RecompileWatcher
+
+CHURN_SWAPS = 20
+
+
+def churn_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
+    """Six adapters, ranks at most the main pool's max (the hot-swap rank), every target set a subset of the
+    main pool's first adapter's (attention projections). The first is the strongest: the churn ends on it."""
+    r1, r2, r3 = (4, 8, 16) if size == "tiny" else (16, 32, 64)
+    subjects = ("a koi pond", "a mountain cabin", "a city at night", "a vintage car", "a sunflower field", "a robot")
+    shapes = (
+        (r3, r3, ATTENTION), (r1, 2 * r1, QKV), (r2, r2 / 2, ("to_q", "to_v")),
+        (r3, 2 * r3, ("to_k", "to_out.0")), (r1, r1, ATTENTION), (r2, 3 * r2, QKV),
+    )
+    return tuple(
+        SyntheticLoraSpec(f"churn_{i}", rank, alpha, targets, 100 + i, f"{subject}, churn_{i}")
+        for i, (subject, (rank, alpha, targets)) in enumerate(zip(subjects, shapes, strict=True))
+    )
+
+
+def churn_pool(size: str, cache: Path) -> LoraPool:
+    adapters = []
+    for spec in churn_specs(size):
+        folder = cache / "loras" / f"churn-{size}-v{LORA_VERSION}" / spec.name
+        path = folder / WEIGHT_NAME
+        if not path.is_file():
+            path = write_synthetic_lora(spec, size, folder)
+        adapters.append(inspect_lora(path, spec.name, spec.prompt, synthetic=True))
+    return LoraPool(tuple(adapters))
+
+
+def churn_sequence(pool: LoraPool, swaps: int = CHURN_SWAPS) -> list[LoraAdapter]:
+    """``swaps`` adapters cycling through the pool, never the same twice in a row, ending on the first."""
+    adapters = pool.adapters
+    return [adapters[(i + 1 - swaps) % len(adapters)] for i in range(swaps)]
+
+
+@dataclass(frozen=True)
+class ChurnStep:
+    adapter: str
+    rank: int
+    load_seconds: float
+    generate_seconds: float
+    recompiles: int
+
+
+@dataclass
+class ChurnResult:
+    steps: list[ChurnStep]
+    last_image: np.ndarray = field(repr=False)
+
+    @property
+    def last_adapter(self) -> str:
+        return self.steps[-1].adapter
+
+    @property
+    def recompiles(self) -> int:
+        return sum(step.recompiles for step in self.steps)
+
+    def summary(self) -> dict:
+        loads = [s.load_seconds for s in self.steps]
+        generations = [s.generate_seconds for s in self.steps]
+        return {
+            "swaps": len(self.steps),
+            "adapters": len({s.adapter for s in self.steps}),
+            "ranks": sorted({s.rank for s in self.steps}),
+            "recompiles": self.recompiles,
+            "swap_median_s": statistics.median(loads),
+            "swap_p95_s": float(np.percentile(loads, 95)),
+            "generate_median_s": statistics.median(generations),
+            "images_per_minute": 60 * len(self.steps) / (sum(loads) + sum(generations)),
+            "steps": [asdict(s) for s in self.steps],
+        }
+
+
+def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print) -> ChurnResult:
+    """Hot-swap to each adapter of ``sequence`` and generate, counting graphs compiled at every step."""
+    device = built.device_type
+    steps, image = [], None
+    for i, adapter in enumerate(sequence, 1):
+        with RecompileWatcher() as watcher:
+            load_seconds, _ = timed(lambda a=adapter: built.load_adapter(a), device)
+            generate_seconds, image = timed(built.generate, device)
+        steps.append(ChurnStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count))
+        if i % 5 == 0 or i == len(sequence):
+            progress(
+                f"[{built.recipe.name}] churn {i}/{len(sequence)}: {adapter.name} (r{adapter.rank}) load "
+                f"{load_seconds:.2f}s, generate {generate_seconds:.2f}s, recompiles so far "
+                f"{sum(s.recompiles for s in steps)}"
+            )
+    return ChurnResult(steps, image)

@@ -1,0 +1,29 @@
+"""Serving many adapters: twenty hot-swaps in a row over six adapters of mixed ranks, alphas and target sets,
+each followed by a generation, must compile nothing, and must end on the image a fresh pipeline with the last
+adapter makes. Swap latency (median, p95) and images per minute go into the record."""
+
+import pytest
+
+from perf.checks import SEPARATION, image_diff, output_tolerance
+from perf.churn import churn_sequence, run_churn
+
+
+def test_lora_churn_never_recompiles_and_ends_on_the_right_adapter(case, suite):
+    if not case.recipe.serves_hotswap:
+        pytest.skip(f"{case.recipe.name} is not a compiled hot-swap recipe: churn is measured where it can recompile")
+    result = run_churn(case.built, churn_sequence(suite.churn_pool), suite.progress)
+    case.record["churn"] = result.summary()
+    tolerance = output_tolerance(case.recipe, case.built.active.profile.dtype)
+    last = image_diff(result.last_image, case.fresh_images[result.last_adapter])
+    other_adapter = case.built.pool.adapters[1].name
+    other = image_diff(result.last_image, case.fresh_images[other_adapter])
+    case.add_check("churn", result.recompiles == 0 and last.mean_abs <= tolerance, swaps=len(result.steps),
+                   recompiles=result.recompiles, last_vs_fresh=last.to_dict(), tolerance=tolerance)
+    assert result.recompiles == 0, f"{result.recompiles} recompiles over {len(result.steps)} swaps: {result.steps}"
+    assert other.mean_abs >= SEPARATION * tolerance, (
+        f"{result.last_adapter}'s image is only {other.mean_abs:.2e} from {other_adapter}'s: the check is vacuous"
+    )
+    assert last.mean_abs <= tolerance, (
+        f"after {len(result.steps)} swaps, {result.last_adapter}'s image differs from a fresh pipeline's by "
+        f"{last.mean_abs:.2e} (mean abs; tolerance {tolerance:.1e})"
+    )
