@@ -21,17 +21,23 @@ def compile_budget(seconds: float | None, what: str) -> Iterator[None]:
         yield
         return
     started = time.perf_counter()
+    expired: list[str] = []
 
     def expire(signum, frame) -> None:
-        raise CompileBudgetExceeded(
+        expired.append(
             f"{what}: no result after {time.perf_counter() - started:.0f} s, past the compile budget of "
             f"{seconds:g} s (--compile-budget SECONDS raises it)"
         )
+        raise CompileBudgetExceeded(expired[0])
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except Exception as exc:
+        if expired and not isinstance(exc, CompileBudgetExceeded):  # torch.compile wraps errors raised inside it
+            raise CompileBudgetExceeded(expired[0]) from exc
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.builder import BuiltPipeline
+from perf.checks import image_diff
 from perf.loras import (
     ATTENTION,
     LORA_VERSION,
@@ -73,6 +74,7 @@ class ChurnStep:
 class ChurnResult:
     steps: list[ChurnStep]
     last_image: np.ndarray = field(repr=False)
+    revisit_drift: float = 0.0  # largest mean abs difference of an adapter's image from its first in the churn
 
     @property
     def last_adapter(self) -> str:
@@ -94,23 +96,28 @@ class ChurnResult:
             "swap_p95_s": float(np.percentile(loads, 95)),
             "generate_median_s": statistics.median(generations),
             "images_per_minute": 60 * len(self.steps) / (sum(loads) + sum(generations)),
+            "revisit_drift": self.revisit_drift,
             "steps": [asdict(s) for s in self.steps],
         }
 
 
 def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print) -> ChurnResult:
-    """Hot-swap to each adapter of ``sequence`` and generate, counting graphs compiled at every step."""
+    """Hot-swap to each adapter of ``sequence`` and generate, counting graphs compiled at every step; an adapter
+    met again must make the image it made the first time (the 20th swap as good as the first)."""
     device = built.device_type
-    steps, image = [], None
+    steps, image, first_images, drift = [], None, {}, 0.0
     for i, adapter in enumerate(sequence, 1):
         with RecompileWatcher() as watcher:
             load_seconds, _ = timed(lambda a=adapter: built.load_adapter(a), device)
             generate_seconds, image = timed(built.generate, device)
         steps.append(ChurnStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count))
+        if adapter.name in first_images:
+            drift = max(drift, image_diff(image, first_images[adapter.name]).mean_abs)
+        first_images.setdefault(adapter.name, image)
         if i % 5 == 0 or i == len(sequence):
             progress(
                 f"[{built.recipe.name}] churn {i}/{len(sequence)}: {adapter.name} (r{adapter.rank}) load "
                 f"{load_seconds:.2f}s, generate {generate_seconds:.2f}s, recompiles so far "
                 f"{sum(s.recompiles for s in steps)}"
             )
-    return ChurnResult(steps, image)
+    return ChurnResult(steps, image, drift)

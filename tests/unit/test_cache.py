@@ -70,3 +70,28 @@ def test_pytest_option_clears_the_cache_named_by_the_environment(tmp_path):
     assert f"removed cache {cache}" in result.stderr
     assert not stale.exists()
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_merging_compile_caches_adds_new_files_and_never_rewrites_one_in_place(tmp_path, monkeypatch):
+    """The cold/warm start children's compile cache is merged into the suite's. A file already there may be a
+    kernel the running process has mapped: rewriting it in place crashed the process (seen on CPU), so it is
+    left alone, and new files arrive whole."""
+    from perf.coldstart import keep_compiled
+
+    children = tmp_path / "children" / "TORCHINDUCTOR_CACHE_DIR"
+    (children / "ab").mkdir(parents=True)
+    (children / "ab" / "kernel.so").write_text("children's copy")
+    (children / "ab" / "new.py").write_text("new")
+    suite = tmp_path / "suite"
+    (suite / "ab").mkdir(parents=True)
+    (suite / "ab" / "kernel.so").write_text("loaded")
+    inode = (suite / "ab" / "kernel.so").stat().st_ino
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(suite))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+
+    keep_compiled(tmp_path / "children")
+
+    assert (suite / "ab" / "kernel.so").read_text() == "loaded"
+    assert (suite / "ab" / "kernel.so").stat().st_ino == inode
+    assert (suite / "ab" / "new.py").read_text() == "new"
+    assert sorted(p.name for p in (suite / "ab").iterdir()) == ["kernel.so", "new.py"]

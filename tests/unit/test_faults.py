@@ -4,6 +4,7 @@ at any moment leaves the old record or the new one, never half of one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -111,6 +112,25 @@ def test_a_variant_whose_pipeline_outlives_its_release_is_reported_as_a_leak(dev
     with pytest.raises(AssertionError, match=r"1\.00 GiB in use after the variant, 0\.00 GiB at its start"):
         assert_no_leak(start, "cpu", slack_gib=0.5)
     assert kept.recipe.name == "baseline"
+
+
+def test_a_compile_past_its_budget_fails_its_variant_with_the_elapsed_time_and_the_next_variant_runs(
+    tiny_source, cpu_profile, tiny_pool, tiny_cache
+):
+    """A compile that hangs must not hold the job: past the profile's compile budget the variant fails, its
+    record says ``over_compile_budget``, and the next variant runs. (The tiny compile takes seconds; 0.2 s is
+    too little for it even from a warm cache.)"""
+    tight = dataclasses.replace(cpu_profile, profile=dataclasses.replace(cpu_profile.profile, compile_budget_s=0.2))
+    with pytest.raises(CaseFailed, match=r"no_fa3_fp8: first generation: no result after \d+ s, past the compile "
+                       r"budget of 0.2 s") as failed:
+        open_case(tiny_source, get_recipe("no_fa3_fp8"), tight, tiny_pool, TINY_SETTINGS, tiny_cache,
+                  progress=quiet, references=())
+    assert failed.value.record["outcome"] == "over_compile_budget"
+    assert failed.value.record["recipe"]["name"] == "no_fa3_fp8"
+
+    case = open_case(tiny_source, get_recipe("baseline"), tight, tiny_pool, TINY_SETTINGS, tiny_cache, progress=quiet)
+    assert len(case.scenario.steps) == 3
+    case.release()
 
 
 # --- interrupted baseline writes -----------------------------------------------------------------------------
