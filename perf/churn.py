@@ -12,17 +12,7 @@ import numpy as np
 
 from perf.builder import BuiltPipeline
 from perf.checks import image_diff
-from perf.loras import (
-    ATTENTION,
-    LORA_VERSION,
-    QKV,
-    WEIGHT_NAME,
-    LoraAdapter,
-    LoraPool,
-    SyntheticLoraSpec,
-    inspect_lora,
-    write_synthetic_lora,
-)
+from perf.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
 from perf.measure import timed
 from perf.watch import RecompileWatcher
 
@@ -45,14 +35,7 @@ def churn_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
 
 
 def churn_pool(size: str, cache: Path) -> LoraPool:
-    adapters = []
-    for spec in churn_specs(size):
-        folder = cache / "loras" / f"churn-{size}-v{LORA_VERSION}" / spec.name
-        path = folder / WEIGHT_NAME
-        if not path.is_file():
-            path = write_synthetic_lora(spec, size, folder)
-        adapters.append(inspect_lora(path, spec.name, spec.prompt, synthetic=True))
-    return LoraPool(tuple(adapters))
+    return pool_of_specs(churn_specs(size), size, cache / "loras" / f"churn-{size}-v{LORA_VERSION}")
 
 
 def churn_sequence(pool: LoraPool, swaps: int = CHURN_SWAPS) -> list[LoraAdapter]:

@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perf.budget import compile_budget
     from perf.builder import build_pipeline
     from perf.cache import cache_dir
+    from perf.errors import SuiteError
     from perf.loras import pool_for
     from perf.measure import timed
     from perf.models import resolve_source
@@ -60,20 +61,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perf.watch import RecompileWatcher
 
     imported = _process_age_s()
-    active = resolve_profile(args.profile)
-    if active is None:
-        parser.error("no profile for this device; pass --profile")
-    apply_memory_cap(active)
-    budget = args.compile_budget or active.profile.compile_budget_s
-    recipe = get_recipe(args.recipe)
-    cache = cache_dir(args.perf_cache)
-    source = resolve_source(args.model, active.profile.model_size)
-    pool = pool_for(args.lora, source.size, cache)
-    settings = SETTINGS_BY_SIZE[source.size]
-    ready = _process_age_s()
-    built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=args.max_rank)
-    with RecompileWatcher() as watcher, compile_budget(budget, f"{recipe.name}: first generation"):
-        first_image_s, image = timed(built.generate, active.device.type)
+    try:
+        active = resolve_profile(args.profile)
+        if active is None:
+            raise SuiteError("no profile for this device; pass --profile")
+        apply_memory_cap(active)
+        budget = args.compile_budget or active.profile.compile_budget_s
+        recipe = get_recipe(args.recipe)
+        cache = cache_dir(args.perf_cache)
+        source = resolve_source(args.model, active.profile.model_size)
+        pool = pool_for(args.lora, source.size, cache)
+        settings = SETTINGS_BY_SIZE[source.size]
+        ready = _process_age_s()
+        built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=args.max_rank)
+        with RecompileWatcher() as watcher, compile_budget(budget, f"{recipe.name}: first generation"):
+            first_image_s, image = timed(built.generate, active.device.type)
+    except SuiteError as exc:  # bad input or a compile past its budget: one line, not a stack trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     np.save(args.image, image)
     print(json.dumps({
         "process_to_first_image_s": round(_process_age_s(), 3),

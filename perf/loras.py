@@ -135,15 +135,19 @@ def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) ->
     return LoraAdapter(name, path, rank, modules, text_encoder, prompt, synthetic)
 
 
-def synthetic_pool(size: str, cache: Path) -> LoraPool:
+def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path) -> LoraPool:
+    """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file."""
     adapters = []
-    for spec in synthetic_specs(size):
-        folder = cache / "loras" / f"synthetic-{size}-v{LORA_VERSION}" / spec.name
-        path = folder / WEIGHT_NAME
+    for spec in specs:
+        path = folder / spec.name / WEIGHT_NAME
         if not path.is_file():
-            path = write_synthetic_lora(spec, size, folder)
+            path = write_synthetic_lora(spec, size, folder / spec.name)
         adapters.append(inspect_lora(path, spec.name, spec.prompt, synthetic=True))
     return LoraPool(tuple(adapters))
+
+
+def synthetic_pool(size: str, cache: Path) -> LoraPool:
+    return pool_of_specs(synthetic_specs(size), size, cache / "loras" / f"synthetic-{size}-v{LORA_VERSION}")
 
 
 def user_pool(specs: list[str], prompt: str) -> LoraPool:

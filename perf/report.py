@@ -33,16 +33,22 @@ from perf.compare import (
 from perf.errors import BaselineError
 from perf.recipes import RECIPES
 
-BASELINE_RECIPE = "baseline"  # the seed's unoptimized row; speedups are relative to it
-RUN_HEADER = ("recipe", "latency median (s)", f"speedup vs {BASELINE_RECIPE}", "warm-up (s)",
+BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
+RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
               "peak memory / budget", "recompiles", "model source", "device", "emulated", "attention kernel")
 
 Records = dict[str, dict[str, Any]]
 
 
+def baseline_recipe(records: Records) -> str | None:
+    """The run's unoptimized row (``baseline`` on the H100 table, ``rtx4090_offload`` on the consumer one)."""
+    return next((name for name in BASELINE_RECIPES if name in records), None)
+
+
 def speedup(records: Records, recipe: str) -> float | None:
     """Baseline median over this recipe's median (2.0: twice as fast); None without a baseline row."""
-    base = latency_median(records[BASELINE_RECIPE]) if BASELINE_RECIPE in records else None
+    reference = baseline_recipe(records)
+    base = latency_median(records[reference]) if reference else None
     mine = latency_median(records[recipe])
     return base / mine if base and mine else None
 
@@ -78,7 +84,8 @@ SEED_HEADER = ("recipe", "ours (s)", "ours vs our baseline", "seed (s)", "seed v
 def seed_rows(records: Records) -> list[tuple[str, ...]]:
     """Our rows beside the seed's published figures. Absolute times are not comparable (other GPU clocks,
     real vs synthetic weights, another torch); each speedup is relative to its own baseline."""
-    seed_base = RECIPES[BASELINE_RECIPE].seed_seconds
+    reference = baseline_recipe(records)
+    seed_base = RECIPES[reference].seed_seconds if reference else None
     rows = []
     for recipe, record in records.items():
         seed = RECIPES[recipe].seed_seconds if recipe in RECIPES else None
@@ -122,8 +129,9 @@ def plot_latency(records: Records, path: Path) -> None:
 def plot_speedup(records: Records, path: Path) -> None:
     ratios = {recipe: speedup(records, recipe) for recipe in records}
     ratios = {recipe: value for recipe, value in ratios.items() if value}
-    fig, ax = _bar_figure(list(ratios), list(ratios.values()), f"speedup vs {BASELINE_RECIPE} (x)",
-                          f"Speedup over the {BASELINE_RECIPE} recipe")
+    reference = baseline_recipe(records)
+    fig, ax = _bar_figure(list(ratios), list(ratios.values()), f"speedup vs {reference} (x)",
+                          f"Speedup over the {reference} recipe")
     ax.axvline(1.0, color="k", linewidth=1)
     fig.savefig(path, dpi=100)
 
@@ -174,7 +182,7 @@ def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | 
     plot_latency(records, out / "latency.png")
     plot_memory(records, out / "memory.png")
     plots = ["latency", "memory"]
-    if BASELINE_RECIPE in records:
+    if baseline_recipe(records):
         plot_speedup(records, out / "speedup.png")
         plots.append("speedup")
     if history:

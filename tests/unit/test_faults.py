@@ -211,3 +211,15 @@ def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
     assert leftovers, "the paused writer must leave its temporary file, or the kill did not land inside a write"
     assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in leftovers), leftovers
     assert read_records(tmp_path, "cpu") == {"hotswap_eager": old}
+
+
+def test_a_cold_start_that_fails_in_its_child_process_says_which_start_and_why(tiny_cache):
+    """The child's error reaches the parent as one ``SuiteError`` with the last lines of its output, and the
+    temporary compile cache is removed."""
+    from perf.coldstart import measure_cold_start
+    from perf.errors import SuiteError
+
+    with pytest.raises(SuiteError, match=r"the cold start failed \(exit 2\):\n.*--model synthetic-huge"):
+        measure_cold_start("baseline", "cpu", tiny_cache, {"--model": "synthetic-huge"}, timeout_s=300,
+                           progress=quiet)
+    assert not list(tiny_cache.glob("coldstart-*"))

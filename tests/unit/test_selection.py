@@ -1,7 +1,8 @@
 """Which rows a run takes: the profile's rows, capability gaps skipped with their reason, opt-in rows only when
 named (a full-graph FP8 compile that did not finish in 9.5 minutes must not hang a nightly job)."""
 
-from perf.plugin import Suite
+from perf.builder import staged
+from perf.plugin import Suite, case_params
 from perf.profiles import PROFILES, ActiveProfile, DeviceInfo
 from perf.recipes import RECIPES
 
@@ -30,3 +31,27 @@ def test_an_opt_in_row_skips_unless_named_in_recipes():
 
 def test_the_seed_rows_are_not_opt_in():
     assert Suite(Options(), H100).skip_reason("h100", RECIPES["no_fa3_fp8"]) is None
+
+
+def test_the_memory_control_has_its_own_test_and_no_shared_case():
+    """``rtx4090_bf16`` must not fit: it runs only in the budget's negative-control test, never as a case that
+    every other test would then report as an error."""
+    case_ids = {p.id for p in case_params()}
+    control_ids = {p.id for p in case_params(memory_controls=True)}
+    assert control_ids == {"rtx4090-rtx4090_bf16"}
+    assert not case_ids & control_ids
+
+
+def test_consumer_rows_are_staged_on_the_cpu_and_the_memory_control_is_not():
+    """The rows built to fit 24 GB never hold the bf16 pipeline on the GPU whole; the control does, as a user
+    who skipped offload and quantization would."""
+    consumer = [r for r in RECIPES.values() if "rtx4090" in r.profiles]
+    assert {r.name for r in consumer if staged(r)} == {r.name for r in consumer if not r.memory_control}
+    assert not staged(RECIPES["rtx4090_bf16"])
+
+
+def test_every_case_runs_on_one_pytest_xdist_worker():
+    """A recipe's tests share one built pipeline: each (profile, recipe) is its own xdist group."""
+    for param in case_params():
+        groups = [m.kwargs.get("name", m.args[0] if m.args else None) for m in param.marks if m.name == "xdist_group"]
+        assert groups == [param.id]
