@@ -97,6 +97,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="delete the cache folder before the run (everything is rebuilt on demand).",
     )
     group.addoption(
+        "--no-churn", action="store_true",
+        help="skip the LoRA churn (20 hot-swaps, each with a generation, and its fresh reference image) of compiled "
+        "hot-swap recipes.",
+    )
+    group.addoption(
         "--no-cold-start", action="store_true",
         help="skip the cold/warm start measurement of compiled hot-swap recipes (two extra processes per recipe, "
         "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",
@@ -184,7 +189,7 @@ class Suite:
         if recipe.hotswap:
             check_pool(self.pool, self.target_rank)
             references = (self.pool.adapters[1],)
-        if recipe.serves_hotswap:
+        if self.runs_churn(recipe):
             churn = churn_sequence(self.churn_pool)
             for adapter in churn:
                 check_hotswap(self.pool.adapters[0], adapter, self.target_rank)
@@ -199,7 +204,11 @@ class Suite:
             self.keep(failed.record, {})
             raise
         case.cold_start = cold_start
+        case.save(self.results_dir, None, overwrite_foreign=True)  # now, so a job cut off later still has it
         return case
+
+    def runs_churn(self, recipe: Recipe) -> bool:
+        return recipe.serves_hotswap and not self.option("--no-churn")
 
     def measure_cold_start(self, recipe: Recipe) -> ColdStart | str | None:
         """Cold and warm start in child processes, before this recipe's pipeline exists in this one (the GPU

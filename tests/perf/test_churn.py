@@ -10,8 +10,9 @@ from perf.churn import churn_sequence, run_churn
 
 
 def test_lora_churn_never_recompiles_and_ends_on_the_right_adapter(case, suite):
-    if not case.recipe.serves_hotswap:
-        pytest.skip(f"{case.recipe.name} is not a compiled hot-swap recipe: churn is measured where it can recompile")
+    if not suite.runs_churn(case.recipe):
+        pytest.skip(f"{case.recipe.name}: churn not run (compiled hot-swap recipes only, where it can recompile; "
+                    "--no-churn)")
     result = run_churn(case.built, churn_sequence(suite.churn_pool), suite.progress)
     case.record["churn"] = result.summary()
     tolerance = output_tolerance(case.recipe, case.built.active.profile.dtype)
