@@ -383,7 +383,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     names = {n.strip() for n in wanted.split(",") if n.strip()}  # validated in pytest_configure
     keep, drop = [], []
     for item in items:
-        param = getattr(getattr(item, "callspec", None), "params", {}).get("case")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        param = params.get("case") or params.get("control")  # the shared case, or the memory control's
         (drop if param is not None and param[1] not in names else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -18,7 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from perf.baselines import read_records
+from perf.baselines import COMPLETED, read_records
 from perf.compare import (
     HEADER,
     Verdict,
@@ -68,7 +68,8 @@ def memory_cell(record: dict[str, Any]) -> str:
 
 def run_rows(records: Records) -> list[tuple[str, ...]]:
     return [
-        (recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"),
+        (recipe, _value(latency_median(record)) if record.get("outcome", COMPLETED) == COMPLETED
+         else record["outcome"].replace("_", " "), _value(speedup(records, recipe), ".2f", "x"),
          _value(warmup_seconds(record), ".1f"), memory_cell(record),
          str(record.get("recompiles_after_warmup", "-")), str(record.get("model_source", "-")),
          str(record.get("device", "-")), "yes" if record.get("emulated") else "no",
