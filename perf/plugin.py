@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from perf.baselines import atomic_write_bytes, now_iso
+from perf.baselines import atomic_write_bytes, now_iso, read_records
 from perf.cache import cache_dir, clear_cache
 from perf.case import Case, CaseFailed, keep_record, open_case
 from perf.churn import churn_pool, churn_sequence
@@ -224,10 +224,14 @@ class Suite:
         except SuiteError as exc:
             return str(exc)
 
+    @property
+    def baselines_to_update(self) -> Path | None:
+        """The baselines folder when ``--update-baselines`` asks for records to be written there."""
+        return self.baselines_dir if self.option("--update-baselines") else None
+
     def close_case(self, case: Case) -> None:
         """Save the case's record, release its pipeline, and check its memory came back."""
-        case.save(self.results_dir, self.baselines_dir if self.option("--update-baselines") else None,
-                  self.option("--overwrite-foreign-baselines"))
+        case.save(self.results_dir, self.baselines_to_update, self.option("--overwrite-foreign-baselines"))
         self.finished[case.recipe.name] = case.record
         device = case.built.device_type
         case.release()
@@ -235,14 +239,11 @@ class Suite:
 
     def session_records(self) -> dict[str, dict]:
         """The records this run wrote (by any worker), by recipe name."""
-        from perf.baselines import read_records
-
         found = read_records(self.results_dir, self.active.name)
         return {name: record for name, record in found.items() if record.get("session") == session_id()}
 
     def keep(self, record: dict, images: dict) -> None:
-        keep_record(record, images, self.results_dir,
-                    self.baselines_dir if self.option("--update-baselines") else None,
+        keep_record(record, images, self.results_dir, self.baselines_to_update,
                     self.option("--overwrite-foreign-baselines"))
         self.finished[record["recipe"]["name"]] = record
 
@@ -316,7 +317,6 @@ def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
 
 def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile: table lines, any regression."""
-    from perf.baselines import read_records
     from perf.compare import any_regression, compare_records, format_table
 
     try:

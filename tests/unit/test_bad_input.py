@@ -5,15 +5,13 @@ shows one line instead of a peft or safetensors stack trace, and a pipeline that
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from suite_run import run_pytest
 
 from perf.baselines import read_record, read_records, record_path, write_record
 from perf.builder import BuiltPipeline, build_pipeline
@@ -33,14 +31,6 @@ BIG_ADA = DeviceInfo("hypothetical 96 GiB Ada GPU", "cuda", 96.0, (8, 9))  # rea
 
 def hotswap_pipeline(source, active, pool, cache, **kwargs) -> BuiltPipeline:
     return build_pipeline(source, get_recipe("hotswap_eager"), active, pool, TINY_SETTINGS, cache, **kwargs)
-
-
-def run_pytest(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/perf", *args, "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
 
 
 # --- LoRAs ---------------------------------------------------------------------------------------------------

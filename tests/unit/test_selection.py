@@ -1,17 +1,13 @@
 """Which rows a run takes: the profile's rows, capability gaps skipped with their reason, opt-in rows only when
 named (a full-graph FP8 compile that did not finish in 9.5 minutes must not hang a nightly job)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from suite_run import run_pytest
 
 from perf.builder import staged
 from perf.plugin import Suite, case_params
 from perf.profiles import PROFILES, ActiveProfile, DeviceInfo
 from perf.recipes import RECIPES
 
-ROOT = Path(__file__).resolve().parents[2]
 H100 = ActiveProfile(PROFILES["h100"], DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0)), emulated=False)
 
 
@@ -65,11 +61,6 @@ def test_every_case_runs_on_one_pytest_xdist_worker():
 
 def test_recipes_option_deselects_the_memory_control_too(tmp_path):
     """``--recipes`` names the rows to run; the memory control is a row like any other."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/perf", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "-m", "rtx4090", "--recipes", "rtx4090_offload"],
-        cwd=ROOT, env={**os.environ, "FLUX_LORA_PERF_CACHE": str(tmp_path)}, capture_output=True, text=True,
-        timeout=120,
-    )
+    done = run_pytest("--collect-only", "-m", "rtx4090", "--recipes", "rtx4090_offload", cache=tmp_path)
     assert "rtx4090-rtx4090_offload" in done.stdout, done.stdout + done.stderr
     assert "rtx4090_bf16" not in done.stdout

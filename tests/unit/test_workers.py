@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from suite_run import run_pytest
 
 from perf.workers import pin_worker_gpu, prefer_loadgroup
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("worker", "visible", "expected"), [("gw0", "0,1", "0"), ("gw1", "0,1", "1"),
@@ -45,13 +41,8 @@ def test_two_workers_run_the_matrix_and_the_controller_reports_every_recipe(tmp_
     """``pytest -n 2``: the two recipes run on different workers (loadgroup), each record says its worker and
     this session, and the verdict table printed by the controller lists both recipes."""
     results = tmp_path / "results"
-    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(tmp_path / "cache")}
-    env.pop("FLUX_LORA_PERF_SESSION", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/perf", "-n", "2", "-m", "cpu", "--recipes", "baseline,hotswap_eager",
-         "--results-dir", str(results), "-p", "no:cacheprovider", "-q", "--no-cold-start", "--rounds", "3"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
+    done = run_pytest("-n", "2", "-m", "cpu", "--recipes", "baseline,hotswap_eager", "--results-dir", str(results),
+                      "--no-cold-start", "--rounds", "3", cache=tmp_path / "cache", timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     records = {p.stem: json.loads(p.read_text()) for p in (results / "cpu").glob("*.json")}
     assert set(records) == {"baseline", "hotswap_eager"}

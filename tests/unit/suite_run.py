@@ -1,0 +1,19 @@
+"""Run the perf suite in a child pytest, as a user would, with its own cache folder (never the user's)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_pytest(*args: str, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(cache)}
+    env.pop("FLUX_LORA_PERF_SESSION", None)  # the child is a run of its own, not part of this one
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/perf", *args, "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
