@@ -30,7 +30,7 @@ from perf.models import ModelSource, resolve_source
 from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
-from perf.workers import is_controller, pin_worker_gpu, prefer_loadgroup, session_id
+from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
 LEAK_SLACK_GIB = 1.0  # allocator rounding and cuBLAS/cuDNN workspaces; a leaked pipeline is tens of GiB
@@ -262,12 +262,9 @@ class Suite:
 def pytest_configure(config: pytest.Config) -> None:
     pin_worker_gpu()  # before anything starts CUDA in a pytest-xdist worker
     session_id()
-    if prefer_loadgroup(config):
-        print("flux-lora-perf: --dist loadgroup (a recipe's tests share its pipeline, so its worker)", file=sys.stderr)
     for marker in HARDWARE_MARKERS:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
     _quiet_libraries()
     if config.getoption("--clear-perf-cache"):
         removed = clear_cache(config.getoption("--perf-cache"))
@@ -413,16 +410,23 @@ def suite(pytestconfig: pytest.Config) -> Suite:
     return pytestconfig.stash[SUITE]
 
 
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``-n N`` (xdist's ``load`` or ``loadgroup``), all tests of a recipe run on one worker."""
+    if config.getoption("dist") not in ("load", "loadgroup"):
+        return None
+    return recipe_scheduler(config, log, {p.id for p in case_params() + case_params(memory_controls=True)})
+
+
 def case_params(memory_controls: bool = False) -> list:
-    """Every (profile, recipe) pair, marked with its hardware markers and its pytest-xdist group (a recipe's
-    tests share one built pipeline, so they run on one worker), as pytest params with readable ids. Memory
-    controls (recipes that must not fit) get their own test instead of the shared case."""
+    """Every (profile, recipe) pair, marked with its hardware markers, as pytest params with readable ids (the
+    id is also the pytest-xdist scope: a recipe's tests share one built pipeline, so one worker). Memory controls
+    (recipes that must not fit) get their own test instead of the shared case."""
     params = []
     for recipe in RECIPES.values():
         if recipe.memory_control != memory_controls:
             continue
         for profile in recipe.profiles:
-            marks = [getattr(pytest.mark, profile), pytest.mark.xdist_group(f"{profile}-{recipe.name}")]
-            marks += [] if profile == "cpu" else [pytest.mark.gpu]
+            marks = [getattr(pytest.mark, profile)] + ([] if profile == "cpu" else [pytest.mark.gpu])
             params.append(pytest.param((profile, recipe.name), marks=marks, id=f"{profile}-{recipe.name}"))
     return params

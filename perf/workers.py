@@ -2,13 +2,14 @@
 at a time, one verdict for the whole run.
 
 ``pytest -n 2`` on a 2-GPU host: worker ``gwN`` sees only GPU N (``CUDA_VISIBLE_DEVICES``, set before CUDA
-starts in that worker), a recipe's tests stay on one worker (``--dist loadgroup``, each recipe its own group:
-they share one built pipeline), and the controller reads back the records the workers wrote in this session.
+starts in that worker), a recipe's tests stay on one worker (the suite's scheduler: they share one built
+pipeline), and the controller reads back the records the workers wrote in this session.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -52,13 +53,23 @@ def pin_worker_gpu() -> str | None:
     return os.environ["CUDA_VISIBLE_DEVICES"]
 
 
-def prefer_loadgroup(config: pytest.Config) -> bool:
-    """``-n N`` alone distributes single tests; a recipe's tests must share its worker. Returns True if the
-    plugin switched the distribution mode to ``loadgroup``."""
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
-        return True
-    return False
+def case_scope(nodeid: str, case_ids: set[str]) -> str | None:
+    """The (profile, recipe) case a test id belongs to (its ``[profile-recipe]`` parameter), or None."""
+    match = re.search(r"\[([^\[\]]+)\]$", nodeid)
+    return match.group(1) if match and match.group(1) in case_ids else None
+
+
+def recipe_scheduler(config: pytest.Config, log, case_ids: set[str]):
+    """xdist's scope scheduling with one scope per case: all tests of a recipe go to one worker, which builds
+    its pipeline once. (``--dist loadgroup`` with ``xdist_group`` marks would say the same, but pytest 9.2's
+    structured node ids drop the group xdist 3.8 appends to them: pytest-dev/pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RecipeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return case_scope(nodeid, case_ids) or super()._split_scope(nodeid)
+
+    return RecipeScheduling(config, log)
 
 
 def session_id() -> str:

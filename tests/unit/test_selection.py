@@ -52,13 +52,6 @@ def test_consumer_rows_are_staged_on_the_cpu_and_the_memory_control_is_not():
     assert not staged(RECIPES["rtx4090_bf16"])
 
 
-def test_every_case_runs_on_one_pytest_xdist_worker():
-    """A recipe's tests share one built pipeline: each (profile, recipe) is its own xdist group."""
-    for param in case_params():
-        groups = [m.kwargs.get("name", m.args[0] if m.args else None) for m in param.marks if m.name == "xdist_group"]
-        assert groups == [param.id]
-
-
 def test_recipes_option_deselects_the_memory_control_too(tmp_path):
     """``--recipes`` names the rows to run; the memory control is a row like any other."""
     done = run_pytest("--collect-only", "-m", "rtx4090", "--recipes", "rtx4090_offload", cache=tmp_path)
