@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf.attention import AttentionChoice, choose_attention
+from perf.attention import AttentionChoice, choose_attention, set_backend
 from perf.cache import build_once
 from perf.loras import LoraAdapter, LoraPool, check_hotswap
 from perf.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
@@ -154,7 +154,7 @@ def build_pipeline(
         pipe.register_modules(text_encoder_2=text_encoder_2)
         facts["t5"] = "bitsandbytes NF4"
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
-    pipe.transformer.set_attention_backend(attention.backend)
+    set_backend(pipe.transformer, attention.backend)
     if recipe.fp8:
         facts["fp8"] = _fp8(pipe.transformer, device if stage else None)
     if stage and not recipe.offload:

@@ -12,10 +12,11 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
+from perf.attention import fa4_installed
 from perf.errors import SuiteError
 from perf.profiles import ActiveProfile
 
-Attention = Literal["fa3", "sdpa"]
+Attention = Literal["fa3", "fa4", "sdpa"]
 CompileScope = Literal["none", "full", "regional"]
 
 H100_PROFILES = ("cpu", "h100", "h200")
@@ -24,7 +25,8 @@ H100_PROFILES = ("cpu", "h100", "h200")
 @dataclass(frozen=True)
 class Recipe:
     """How a pipeline is optimized. ``attention="fa3"`` means FlashAttention-3 when installed, otherwise the
-    fastest FlashAttention-class kernel found on the device (the record names the kernel that ran)."""
+    fastest FlashAttention-class kernel found on the device (the record names the kernel that ran);
+    ``attention="fa4"`` means FlashAttention-4's CuTe package (``flash-attn-4``) and nothing else."""
 
     name: str
     profiles: tuple[str, ...]
@@ -117,6 +119,11 @@ RECIPES: dict[str, Recipe] = {
             "any device bitsandbytes supports",
         ),
         Recipe(
+            "optimized_fa4", ("h100", "h200"), attention="fa4", fp8=True, compile="regional",
+            note="optimized with FlashAttention-4 (flash_attn.cute, SM90 CuTe kernels) forced: FA3 has no wheel "
+            "for this torch; checked against a float32 reference before it is timed",
+        ),
+        Recipe(
             "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
             seed_flags="(none)", opt_in=True,
             note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
@@ -186,8 +193,10 @@ def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
             return f"FP8 needs a CUDA GPU of compute capability >= 8.9; {where} has none"
         if not _installed("torchao"):
             return "FP8 needs torchao (pip install '.[gpu]')"
-    if recipe.attention == "fa3" and (not profile.fa3 or cc < (9, 0)):
+    if recipe.attention in ("fa3", "fa4") and (not profile.fa3 or cc < (9, 0)):
         return f"FA3-class attention needs a Hopper GPU (compute capability 9.0); {where} has none"
+    if recipe.attention == "fa4" and not fa4_installed():
+        return "FlashAttention-4 is not installed (pip install flash-attn-4 nvidia-cutlass-dsl[cu13])"
     if recipe.offload and device.type != "cuda":
         return f"CPU offload needs a GPU to offload from; {where}"
     if recipe.t5_nf4:
