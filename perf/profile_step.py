@@ -1,16 +1,17 @@
 """Where an image's time goes, against the floor: ``python -m perf.profile_step --recipe optimized --out DIR``.
 
-Builds the recipe exactly as the suite does (``build_pipeline``), warms the transformer up on inputs of the
-settings' shapes (compile happens there), then:
+Builds the recipe exactly as the suite does (``build_pipeline``) and warms it up with one pipeline call (compile
+happens there), capturing the transformer's inputs of one denoising step on the way. Then:
 
-- profiles one transformer forward (one denoising step) with ``torch.profiler`` and sorts its GPU kernels into
-  FP8 / bf16 matmuls, attention, FP8 activation quantization, other fused kernels;
-- times the same step without the profiler (wall, CUDA events), a whole image, its VAE decode and text
-  encoding, so that launch gaps and the parts outside the denoising loop show;
-- measures this GPU's matmul ceilings (8192^3 bf16 and FP8 rowwise ``_scaled_mm``) and sets the step's FLOPs
+- times whole images, and the step alone (each call waited for), its VAE decode and text encoding, so that
+  launch gaps and the parts outside the denoising loop show;
+- profiles the step with ``torch.profiler`` and sorts its kernels into FP8 / bf16 matmuls, attention, FP8
+  activation quantization and other fused kernels, with the TFLOP/s reached where the FLOPs are known;
+- on a GPU, measures the matmul ceilings (8192^3 bf16 and FP8 rowwise ``_scaled_mm``) and sets the step's FLOPs
   (from the model config) against them: the floor an image cannot beat with these kernels.
 
-Writes ``profile-<recipe>.json`` as each part finishes (a job cut off keeps what it measured). Needs a GPU.
+Writes ``profile-<recipe>.json`` as each part finishes (a job cut off keeps what it measured). On a CPU (tiny
+model) it runs too, without the floor: that is how CI checks it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from perf.builder import attention_shape, build_pipeline
 from perf.cache import cache_dir
 from perf.loras import synthetic_pool
 from perf.models import resolve_source
-from perf.profiles import resolve_profile
+from perf.profiles import ActiveProfile, resolve_profile
 from perf.recipes import get_recipe
 from perf.settings import SETTINGS_BY_SIZE
 
@@ -75,50 +76,57 @@ def matmul_ceilings(n: int = 8192, repeats: int = 20) -> dict[str, float]:
         "bf16": lambda: a @ b,
         "fp8_rowwise": lambda: torch._scaled_mm(a8, b8, scale_a=ones_a, scale_b=ones_b, out_dtype=torch.bfloat16),
     }
-    return {name: 2 * n**3 / (_gpu_ms(fn, repeats) / 1e3) / 1e12 for name, fn in calls.items()}
+    return {name: 2 * n**3 / (median_ms(fn, repeats, "cuda") / 1e3) / 1e12 for name, fn in calls.items()}
 
 
-def _gpu_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median of ``repeats`` CUDA-event timings of ``fn`` after one warm-up call."""
+def median_ms(fn: Callable[[], object], repeats: int, device_type: str) -> float:
+    """Median wall time of ``fn`` (ms) over ``repeats`` calls after one warm-up, each call waited for."""
     fn()
     samples = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        _sync(device_type)
+        started = time.perf_counter()
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end))
+        _sync(device_type)
+        samples.append((time.perf_counter() - started) * 1e3)
     return statistics.median(samples)
 
 
-def transformer_inputs(pipe, settings) -> dict:
-    """Random inputs of the shapes the pipeline feeds its transformer at ``settings`` (one step, batch 1)."""
-    _, tokens, _, _ = attention_shape(pipe, settings)
-    image_tokens = tokens - settings.max_sequence_length
-    cfg = pipe.transformer.config
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    return {
-        "hidden_states": torch.randn(1, image_tokens, cfg.in_channels, **kw),
-        "encoder_hidden_states": torch.randn(1, settings.max_sequence_length, cfg.joint_attention_dim, **kw),
-        "pooled_projections": torch.randn(1, cfg.pooled_projection_dim, **kw),
-        "timestep": torch.full((1,), 0.5, **kw),
-        "guidance": torch.full((1,), settings.guidance_scale, **kw),
-        "img_ids": torch.zeros(image_tokens, 3, **kw),
-        "txt_ids": torch.zeros(settings.max_sequence_length, 3, **kw),
-        "return_dict": False,
-    }
-
-
-def kernel_times(fn: Callable[[], object]) -> dict[str, float]:
-    """GPU time (ms) of each kernel that ``fn`` launches, summed over its launches."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
         torch.cuda.synchronize()
+
+
+def capture_inputs(module: torch.nn.Module, run: Callable[[], object]) -> tuple[tuple, dict]:
+    """The positional and keyword arguments of ``module``'s first call during ``run()``: a step exactly as the
+    pipeline feeds it, so profiling it recompiles nothing."""
+    captured: list[tuple[tuple, dict]] = []
+
+    def hook(_module, args, kwargs):
+        if not captured:
+            captured.append((args, dict(kwargs)))
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def kernel_times(fn: Callable[[], object], device_type: str) -> dict[str, float]:
+    """Time (ms) of each kernel that ``fn`` runs, summed over its launches: GPU kernels on a GPU, operators'
+    own CPU time on a CPU."""
+    cuda = device_type == "cuda"
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        fn()
+        _sync(device_type)
     kernels: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
-        if event.self_device_time_total > 0:
-            kernels[event.key] += event.self_device_time_total / 1e3
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0:
+            kernels[event.key] += us / 1e3
     return dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
 
 
@@ -138,20 +146,22 @@ def breakdown(kernels: dict[str, float], flops: dict[str, float]) -> dict[str, d
     return result
 
 
-def profile_recipe(recipe_name: str, out: Path, warmups: int = 2) -> dict:
-    active = resolve_profile(None)
-    cache = cache_dir()
+def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = None, cache: Path | None = None,
+                   rounds: int = 3) -> dict:
+    """Build ``recipe_name`` as the suite does, warm it up through the pipeline, and measure where its time goes."""
+    active = active or resolve_profile(None)
+    cache = cache or cache_dir()
+    device_type = active.device.type
     source = resolve_source(None, active.profile.model_size)
     settings = SETTINGS_BY_SIZE[source.size]
     pool = synthetic_pool(source.size, cache)
     started = time.perf_counter()
     built = build_pipeline(source, get_recipe(recipe_name), active, pool, settings, cache)
     pipe, cfg = built.pipe, built.pipe.transformer.config
-    inputs = transformer_inputs(pipe, settings)
-    image_tokens = inputs["hidden_states"].shape[1]
+    _, tokens, _, _ = attention_shape(pipe, settings)
     flops = step_flops(
         cfg.num_layers + cfg.num_single_layers, cfg.num_attention_heads * cfg.attention_head_dim,
-        image_tokens, settings.max_sequence_length,
+        tokens - settings.max_sequence_length, settings.max_sequence_length,
     )
     path = out / f"profile-{recipe_name}.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -171,61 +181,67 @@ def profile_recipe(recipe_name: str, out: Path, warmups: int = 2) -> dict:
         path.write_text(json.dumps(result, indent=1))
 
     with torch.inference_mode():
-        for _ in range(warmups):
-            pipe.transformer(**inputs)
-        torch.cuda.synchronize()
+        # The warm-up is a pipeline call, as in the suite (compile happens here); it also hands over one step's
+        # real inputs, so the step profiled below is the step the pipeline runs.
+        args, kwargs = capture_inputs(pipe.transformer, built.generate)
         result["build_and_warmup_s"] = time.perf_counter() - started
-        kernels = kernel_times(lambda: pipe.transformer(**inputs))
+        images = []
+        for _ in range(rounds):
+            _sync(device_type)
+            t0 = time.perf_counter()
+            built.generate()
+            _sync(device_type)
+            images.append(time.perf_counter() - t0)
+        save()
+
+        def step() -> object:
+            return pipe.transformer(*args, **kwargs)
+
+        kernels = kernel_times(step, device_type)
         result["step"] = {
             "gpu_kernel_ms": sum(kernels.values()),
-            "wall_ms": _gpu_ms(lambda: pipe.transformer(**inputs), repeats=5),
+            "wall_ms": median_ms(step, 5, device_type),
             "by_category": breakdown(kernels, flops),
             "top_kernels_ms": dict(list(kernels.items())[:40]),
         }
-        save()
-        ceilings = matmul_ceilings()
-        attention_ms = result["step"]["by_category"].get("attention", {}).get("ms", 0.0)
-        step_floor_ms = flops["linear"] / (ceilings["fp8_rowwise"] * 1e12) * 1e3 + attention_ms
-        result["floor"] = {
-            "matmul_ceilings_tflops": ceilings,
-            "step_floor_ms": step_floor_ms,
-            "image_floor_s": step_floor_ms * settings.num_inference_steps / 1e3,
-            "meaning": "FP8 linears at this GPU's 8192^3 FP8 rowwise ceiling + attention as long as its kernel took "
-                       "in this step; nothing else (quantization, norms, LoRA, VAE, text encoders)",
-        }
-        save()
         latents = torch.randn(1, pipe.vae.config.latent_channels, settings.height // pipe.vae_scale_factor,
-                              settings.width // pipe.vae_scale_factor, device="cuda", dtype=pipe.vae.dtype)
+                              settings.width // pipe.vae_scale_factor, device=device_type, dtype=pipe.vae.dtype)
         prompt = built.current.prompt
-        images = []
-        for _ in range(3):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            built.generate()
-            images.append(time.perf_counter() - t0)
         result["image"] = {
             "wall_s": images,
-            "denoise_estimate_s": result["step"]["wall_ms"] * settings.num_inference_steps / 1e3,
-            "vae_decode_ms": _gpu_ms(lambda: pipe.vae.decode(latents, return_dict=False), repeats=3),
-            "text_encode_ms": _gpu_ms(lambda: pipe.encode_prompt(
-                prompt=prompt, prompt_2=None, max_sequence_length=settings.max_sequence_length), repeats=3),
+            "steps_wall_s": result["step"]["wall_ms"] * settings.num_inference_steps / 1e3,
+            "vae_decode_ms": median_ms(lambda: pipe.vae.decode(latents, return_dict=False), 3, device_type),
+            "text_encode_ms": median_ms(lambda: pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, max_sequence_length=settings.max_sequence_length), 3, device_type),
         }
         save()
+        if device_type == "cuda":
+            ceilings = matmul_ceilings()
+            attention_ms = result["step"]["by_category"].get("attention", {}).get("ms", 0.0)
+            step_floor_ms = flops["linear"] / (ceilings["fp8_rowwise"] * 1e12) * 1e3 + attention_ms
+            result["floor"] = {
+                "matmul_ceilings_tflops": ceilings,
+                "step_floor_ms": step_floor_ms,
+                "image_floor_s": step_floor_ms * settings.num_inference_steps / 1e3,
+                "meaning": "FP8 linears at this GPU's 8192^3 FP8 rowwise ceiling + attention as long as its kernel "
+                           "took in this step; nothing else (quantization, norms, LoRA, VAE, text encoders)",
+            }
+            save()
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.profile_step", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", required=True,
-                        help="recipe to build and profile on this GPU (repeatable; each is built in turn)")
+                        help="recipe to build and profile on this device (repeatable; each is built in turn)")
     parser.add_argument("--out", type=Path, default=Path(".results/profiles"),
                         help="folder for profile-<recipe>.json (default: .results/profiles)")
     args = parser.parse_args(argv)
     for name in args.recipe:
         result = profile_recipe(name, args.out)
-        step, floor = result["step"], result["floor"]
-        print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of GPU kernels per step, {step['wall_ms']:.1f} ms wall; "
-              f"image {statistics.median(result['image']['wall_s']):.3f} s, floor {floor['image_floor_s']:.2f} s")
+        step, floor = result["step"], result.get("floor", {})
+        print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of kernels per step, {step['wall_ms']:.1f} ms wall; image "
+              f"{statistics.median(result['image']['wall_s']):.3f} s, floor {floor.get('image_floor_s', 0):.2f} s")
         for label, row in step["by_category"].items():
             rate = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
             print(f"  {label:<32} {row['ms']:8.1f} ms  {row['share']:6.1%}{rate}")

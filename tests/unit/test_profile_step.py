@@ -1,0 +1,59 @@
+"""``python -m perf.profile_step``: the arithmetic it sets a step against, how it names kernels, and one whole
+run on the tiny model (the GPU run differs only in its timers, its profiler activity and the floor)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perf.profile_step import breakdown, category, main, step_flops
+
+# Kernel names read off the H100 profiles in baselines/h100/profiles/.
+KERNELS = {
+    "nvjet_sm90_qqtst_128x128_128x6_1x2_h_bz_ovscale_bias_TNT": "matmul fp8",
+    "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1": "attention",
+    "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at": "attention",
+    "triton_red_fused__scaled_mm__to_copy_abs_amax_clamp_div_gelu_t_unsqueeze_view_14": "fp8 activation quantization",
+    "triton_red_fused_abs_amax_cat_gelu_permute_view_5": "fp8 activation quantization",
+    "triton_per_fused__fused_rms_norm__unsafe_view_add_mul_view_2": "fused norm/rope/elementwise",
+    "triton_poi_fused__to_copy__unsafe_view_add_flash_attn_4_mul_neg_stack_unbind": "fused norm/rope/elementwise",
+    "nvjet_sm90_tst_64x64_64x13_1x4_h_bz_TNT": "matmul bf16 (LoRA, embeddings)",
+    "void at::native::elementwise_kernel<128, 2>": "other",
+}
+
+
+@pytest.mark.parametrize("kernel, expected", KERNELS.items(), ids=lambda v: v[:40])
+def test_kernels_are_sorted_by_what_they_do(kernel, expected):
+    assert category(kernel) == expected
+
+
+def test_a_flux1_dev_step_costs_what_the_gpu_notes_measured():
+    """FLUX.1-dev at 1024^2: 19 + 38 blocks of width 3072, 4096 image + 512 text tokens (GPU_NOTES.md)."""
+    flops = step_flops(num_blocks=57, width=3072, image_tokens=4096, text_tokens=512)
+    assert flops["linear"] == pytest.approx(5.95e13, rel=5e-3)
+    assert flops["attention"] == pytest.approx(1.49e13, rel=5e-3)
+
+
+def test_breakdown_shares_add_up_and_rates_follow_from_flops():
+    kernels = {"nvjet_sm90_qqtst_a": 30.0, "nvjet_sm90_qqtst_b": 10.0, "cudnn_sdpa_flash_fprop": 20.0,
+               "triton_poi_fused_add": 45.0}
+    rows = breakdown(kernels, {"linear": 4e13, "attention": 1e13})
+    assert sum(row["share"] for row in rows.values()) == pytest.approx(1.0)
+    assert rows["matmul fp8"]["ms"] == 40.0
+    assert rows["matmul fp8"]["tflops"] == pytest.approx(1000.0)  # 4e13 FLOPs in 40 ms
+    assert rows["attention"]["tflops"] == pytest.approx(500.0)
+    assert "tflops" not in rows["fused norm/rope/elementwise"]
+    assert next(iter(rows)) == "fused norm/rope/elementwise"  # costliest first
+
+
+def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, cpu_profile):
+    monkeypatch.setenv("FLUX_LORA_PERF_CACHE", str(tiny_cache))
+    monkeypatch.setattr("perf.profile_step.resolve_profile", lambda _requested: cpu_profile)
+    assert main(["--recipe", "hotswap_eager", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "profile-hotswap_eager.json").read_text())
+    assert result["model_source"] == "synthetic-tiny"
+    assert len(result["image"]["wall_s"]) == 3 and result["image"]["vae_decode_ms"] > 0
+    assert result["step"]["gpu_kernel_ms"] > 0 and result["step"]["wall_ms"] > 0
+    assert result["step"]["by_category"]  # the tiny step's CPU operators, sorted into categories
+    assert "floor" not in result  # the floor needs a GPU's matmul ceilings
