@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perf import compile_settings
 from perf.attention import AttentionChoice, choose_attention, set_backend
 from perf.cache import build_once
 from perf.loras import LoraAdapter, LoraPool, check_hotswap
@@ -175,5 +176,6 @@ def build_pipeline(
         else:
             pipe.transformer.compile_repeated_blocks(**compile_kwargs)
         facts["compile"] = f"{recipe.compile} fullgraph={fullgraph} mode={recipe.compile_mode or 'default'}"
+    facts["compile_settings"] = compile_settings.in_effect()  # torchao's quantize_ may have changed them
     built.build_seconds = time.perf_counter() - started
     return built

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perf import compile_settings
 from perf.baselines import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
 from perf.builder import BuiltPipeline, build_pipeline
 from perf.coldstart import ColdStart
@@ -44,6 +45,7 @@ class Case:
     record: dict
     fresh_images: dict[str, np.ndarray] = field(default_factory=dict)  # adapter -> fresh eager pipeline image
     cold_start: ColdStart | str | None = None  # measured cold/warm start, why it failed, or None: not measured
+    settings_before: compile_settings.CompileSettings | None = None  # restored on release
 
     @property
     def recipe(self) -> Recipe:
@@ -63,9 +65,12 @@ class Case:
         keep_record(self.record, images, results_dir, baselines_dir, overwrite_foreign)
 
     def release(self) -> None:
-        """Drop the pipeline and compiled graphs so the next recipe starts from the same memory level."""
+        """Drop the pipeline and compiled graphs, and undo the process-wide compile settings its build changed,
+        so the next recipe starts from the same memory level and the same settings."""
         self.built = None
         torch.compiler.reset()
+        if self.settings_before is not None:
+            compile_settings.restore(self.settings_before)
         free_memory("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -105,6 +110,7 @@ def open_case(
     if references is None:
         references = (pool.adapters[1],) if recipe.hotswap else ()
     built = None
+    settings_before = compile_settings.snapshot()
     try:
         fresh = {}
         for adapter in references:
@@ -115,7 +121,7 @@ def open_case(
         scenario = run_scenario(built, progress)
         record = make_record(built, scenario)
         record["memory_at_start_gib"] = start_gib
-        return Case(built, scenario, record, fresh)
+        return Case(built, scenario, record, fresh, settings_before=settings_before)
     except torch.OutOfMemoryError as exc:
         outcome, peak = OUT_OF_MEMORY, read_peak(device)
         allocated = "n/a" if peak.allocated_gib is None else f"{peak.allocated_gib:.2f} GiB"  # None off CUDA
@@ -126,7 +132,11 @@ def open_case(
         )
     except CompileBudgetExceeded as exc:
         outcome, peak, message = OVER_COMPILE_BUDGET, read_peak(device), str(exc)
+    except BaseException:
+        compile_settings.restore(settings_before)
+        raise
     built = None  # drop the pipeline before freeing
     torch.compiler.reset()
+    compile_settings.restore(settings_before)
     free_memory(device)
     raise CaseFailed(message, failure_record(recipe, active, source, pool, settings, outcome, message, peak))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from perf import compile_settings
 from perf.builder import attention_shape, build_pipeline
 from perf.cache import cache_dir
 from perf.loras import synthetic_pool
@@ -238,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for profile-<recipe>.json (default: .results/profiles)")
     args = parser.parse_args(argv)
     for name in args.recipe:
+        settings_before = compile_settings.snapshot()
         result = profile_recipe(name, args.out)
         step, floor = result["step"], result.get("floor", {})
         print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of kernels per step, {step['wall_ms']:.1f} ms wall; image "
@@ -246,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
             print(f"  {label:<32} {row['ms']:8.1f} ms  {row['share']:6.1%}{rate}")
         torch.compiler.reset()
+        compile_settings.restore(settings_before)  # the next recipe compiles under its own settings
         torch.cuda.empty_cache()
     return 0
 

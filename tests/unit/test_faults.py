@@ -1,6 +1,7 @@
 """Faults are isolated: one variant running out of memory fails that variant alone, with its peak figures, after
-its memory is freed; every variant gives its memory back before the next one starts; and a baseline write killed
-at any moment leaves the old record or the new one, never half of one."""
+its memory is freed; every variant gives its memory back, and the process-wide compile settings its build
+changed, before the next one starts; and a baseline write killed at any moment leaves the old record or the new
+one, never half of one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 
 import perf.case
 import perf.measure
+from perf.attention import choose_attention
 from perf.baselines import read_records, record_path, write_record
 from perf.case import CaseFailed, open_case
 from perf.measure import assert_no_leak
@@ -223,3 +225,31 @@ def test_a_cold_start_that_fails_in_its_child_process_says_which_start_and_why(t
         measure_cold_start("baseline", "cpu", tiny_cache, {"--model": "synthetic-huge"}, timeout_s=300,
                            progress=quiet)
     assert not list(tiny_cache.glob("coldstart-*"))
+
+
+def _set_like_torchao(*args, **kwargs):
+    """What torchao's ``quantize_`` does to the process (``set_inductor_config=True``), during a build."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = True
+    inductor_config.coordinate_descent_check_all_directions = True
+    torch.set_float32_matmul_precision("high")
+    return choose_attention(*args, **kwargs)
+
+
+def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    before = (inductor_config.coordinate_descent_tuning, torch.get_float32_matmul_precision())
+    assert before == (False, "highest")
+    monkeypatch.setattr("perf.builder.choose_attention", _set_like_torchao)
+    case = open_tiny_case("hotswap_eager")
+    recorded = case.record["applied"]["compile_settings"]
+    assert recorded["coordinate_descent_tuning"] is True  # the recipe ran, and is recorded, under them
+    assert recorded["float32_matmul_precision"] == "high"
+    case.release()
+    assert (inductor_config.coordinate_descent_tuning, torch.get_float32_matmul_precision()) == before
+    monkeypatch.undo()
+    follower = open_tiny_case("hotswap_eager")  # the next recipe compiles under the settings it found
+    assert follower.record["applied"]["compile_settings"]["coordinate_descent_tuning"] is False
+    follower.release()
