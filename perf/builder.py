@@ -112,12 +112,14 @@ def _nf4_text_encoder_2(source: ModelSource, pipe, cache: Path, dtype: torch.dty
     return T5EncoderModel.from_pretrained(where, quantization_config=config, torch_dtype=dtype, **kwargs)
 
 
-def _fp8(transformer, device: str | None) -> str:
+def quantize_fp8(transformer, device: str | None = None, set_inductor_config: bool = True) -> str:
     """FP8 rowwise weights and dynamic activations; with ``device``, each layer is moved there and quantized in
-    turn (the staged path: the bf16 transformer never sits on the GPU whole)."""
+    turn (the staged path: the bf16 transformer never sits on the GPU whole). ``set_inductor_config`` is torchao's
+    default, as the seed ran it: it also sets process-wide Inductor options (see ``perf.compile_settings``)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), device=device)
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=set_inductor_config)
+    quantize_(transformer, config, device=device)
     return "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (= float8dq_e4m3_row)"
 
 
@@ -157,7 +159,7 @@ def build_pipeline(
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
     set_backend(pipe.transformer, attention.backend)
     if recipe.fp8:
-        facts["fp8"] = _fp8(pipe.transformer, device if stage else None)
+        facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None)
     if stage and not recipe.offload:
         pipe.to(device)
     built = BuiltPipeline(
