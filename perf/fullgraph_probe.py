@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from perf.builder import quantize_fp8
-from perf.models import CONFIGS
+from perf.loras import ATTENTION, SyntheticLoraSpec, linear_shapes, lora_layers, lora_metadata
+from perf.measure import time_rounds
+from perf.models import CONFIGS, transformer_step_inputs
 
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 BACKENDS = ("eager", "aot_eager", "inductor")
 
 
@@ -46,8 +47,8 @@ def parse_blocks(text: str) -> tuple[int, int]:
 
 
 def build(double: int, single: int, device: str, fp8: bool, lora: bool, inductor_config: bool) -> torch.nn.Module:
-    """The tiny-width FLUX transformer with these block counts, bf16, optionally FP8 and with a rank-8 LoRA on
-    every attention projection, loaded after ``enable_lora_hotswap(target_rank=16)`` as the suite does."""
+    """The tiny-width FLUX transformer with these block counts, bf16, optionally FP8 and with a rank-8 synthetic
+    LoRA on every attention projection, loaded after ``enable_lora_hotswap(target_rank=16)`` as the suite does."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
@@ -60,31 +61,11 @@ def build(double: int, single: int, device: str, fp8: bool, lora: bool, inductor
             quant_api._check_hardware_support = lambda granularity: None
         quantize_fp8(model, set_inductor_config=inductor_config)
     if lora:
-        rank, generator, state = 8, torch.Generator().manual_seed(1), {}
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.endswith(tuple("." + t for t in TARGETS)):
-                state[f"{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) / 8
-                state[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) / 8
-        model.enable_lora_hotswap(target_rank=2 * rank)
-        model.load_lora_adapter({k: v.to(device, torch.bfloat16) for k, v in state.items()}, prefix=None,
-                                adapter_name="default_0",
-                                metadata={"r": rank, "lora_alpha": rank, "target_modules": list(TARGETS)})
+        spec = SyntheticLoraSpec("probe", rank=8, alpha=8, targets=ATTENTION, seed=1, prompt="")
+        layers = {name: w.to(device) for name, w in lora_layers(spec, linear_shapes(model)).items()}
+        model.enable_lora_hotswap(target_rank=2 * spec.rank)
+        model.load_lora_adapter(layers, prefix=None, adapter_name="default_0", metadata=lora_metadata(spec))
     return model
-
-
-def example_inputs(device: str, image_tokens: int = 16, text_tokens: int = 8) -> dict[str, Any]:
-    cfg = CONFIGS["tiny"]["transformer"]
-    kw = {"device": device, "dtype": torch.bfloat16}
-    return {
-        "hidden_states": torch.randn(1, image_tokens, cfg["in_channels"], **kw),
-        "encoder_hidden_states": torch.randn(1, text_tokens, cfg["joint_attention_dim"], **kw),
-        "pooled_projections": torch.randn(1, cfg["pooled_projection_dim"], **kw),
-        "timestep": torch.tensor([0.5], **kw),
-        "guidance": torch.tensor([3.5], **kw),
-        "img_ids": torch.zeros(image_tokens, 3, device=device),
-        "txt_ids": torch.zeros(text_tokens, 3, device=device),
-        "return_dict": False,
-    }
 
 
 class TimedBackend:
@@ -122,20 +103,14 @@ def _measure(args: argparse.Namespace, double: int, single: int) -> dict[str, An
         "coordinate_descent_tuning": inductor.coordinate_descent_tuning,
         "coordinate_descent_check_all_directions": inductor.coordinate_descent_check_all_directions,
     }
-    inputs = example_inputs(args.device)
+    inputs = transformer_step_inputs(CONFIGS["tiny"]["transformer"], 16, 8, args.device)
     torch._dynamo.reset()
     counters.clear()
     compilation_time_metrics.clear()
     backend = TimedBackend(args.backend)
     model.compile(fullgraph=True, backend=backend)
-    calls = []
     with torch.no_grad():
-        for _ in range(2):
-            started = time.perf_counter()
-            model(**inputs)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            calls.append(time.perf_counter() - started)
+        calls = time_rounds(lambda: model(**inputs), None, 2, torch.device(args.device).type)
     compile_s = sum(compilation_time_metrics.get("_compile.compile_inner", [math.nan]))
     record.update(
         first_call_s=round(calls[0], 3), second_call_s=round(calls[1], 4), compile_s=round(compile_s, 3),

@@ -66,38 +66,53 @@ class LoraPool:
         return ", ".join(f"{a.name} (r{a.rank}, {len(a.modules)} modules)" for a in self.adapters)
 
 
+def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(out, in) of every Linear in ``model``."""
+    return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
 def _linear_shapes(size: str) -> dict[str, tuple[int, int]]:
-    """(out, in) of every Linear in the transformer, from a model built on the meta device (no memory)."""
+    """``linear_shapes`` of the transformer of ``size``, built on the meta device (no memory)."""
     from diffusers import FluxTransformer2DModel
 
     with torch.device("meta"):
-        model = FluxTransformer2DModel(**CONFIGS[size]["transformer"])
-    return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        return linear_shapes(FluxTransformer2DModel(**CONFIGS[size]["transformer"]))
 
 
 def _matches(module: str, targets: tuple[str, ...]) -> bool:
     return any(module == t or module.endswith("." + t) for t in targets)
 
 
-def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:
-    """Save ``spec`` as a diffusers LoRA (peft keys + adapter metadata). Seeded, never zero: B is random too,
+def lora_layers(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """``spec``'s peft-format LoRA weights for the Linears ``shapes`` lists. Seeded, never zero: B is random too,
     scaled so the adapter's weight delta has std ``STRENGTH``/sqrt(fan_in), about 7x a default-initialized
     weight: a random FLUX barely moves its image for smaller deltas (0.9x gave 0.012 mean abs on the H100),
     and the swap checks need adapters whose images differ well beyond bf16 noise."""
-    from diffusers import FluxPipeline
-
     gen = torch.Generator().manual_seed(spec.seed)
     layers = {}
-    for module, (out_f, in_f) in _linear_shapes(size).items():
+    for module, (out_f, in_f) in shapes.items():
         if not _matches(module, spec.targets):
             continue
         a = torch.randn(spec.rank, in_f, generator=gen) / math.sqrt(in_f)
         b = torch.randn(out_f, spec.rank, generator=gen) * (STRENGTH * math.sqrt(spec.rank) / spec.alpha)
         layers[f"{module}.lora_A.weight"] = a.to(torch.bfloat16)
         layers[f"{module}.lora_B.weight"] = b.to(torch.bfloat16)
-    metadata = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
+    return layers
+
+
+def lora_metadata(spec: SyntheticLoraSpec) -> dict:
+    """The adapter config diffusers needs to load ``spec``'s layers (rank, alpha, targets)."""
+    return {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
+
+
+def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:
+    """Save ``spec`` for the transformer of ``size`` as a diffusers LoRA (peft keys + adapter metadata)."""
+    from diffusers import FluxPipeline
+
+    layers = lora_layers(spec, _linear_shapes(size))
     build_once(folder, WEIGHT_NAME, lambda staging: FluxPipeline.save_lora_weights(
-        staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME, transformer_lora_adapter_metadata=metadata,
+        staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME,
+        transformer_lora_adapter_metadata=lora_metadata(spec),
     ))
     return folder / WEIGHT_NAME
 

@@ -118,6 +118,23 @@ def resolve_source(spec: str | None, default_size: str) -> ModelSource:
     return ModelSource("pretrained", "full", spec)
 
 
+def transformer_step_inputs(config: dict[str, Any], image_tokens: int, text_tokens: int, device: str = "cpu",
+                            dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+    """Random inputs of one denoising step (batch 1) for a FLUX transformer of ``config``, for probes and tests
+    that call the transformer alone."""
+    kw = {"device": device, "dtype": dtype}
+    return {
+        "hidden_states": torch.randn(1, image_tokens, config["in_channels"], **kw),
+        "encoder_hidden_states": torch.randn(1, text_tokens, config["joint_attention_dim"], **kw),
+        "pooled_projections": torch.randn(1, config["pooled_projection_dim"], **kw),
+        "timestep": torch.tensor([0.5], **kw),
+        "guidance": torch.tensor([3.5], **kw),
+        "img_ids": torch.zeros(image_tokens, 3, device=device),
+        "txt_ids": torch.zeros(text_tokens, 3, device=device),
+        "return_dict": False,
+    }
+
+
 def synthetic_tokenizers():
     """CLIP and T5 tokenizers built offline: byte-level characters, no merges. Real ids, no hub."""
     from transformers import CLIPTokenizer, T5Tokenizer

@@ -30,9 +30,11 @@ from perf import compile_settings
 from perf.builder import attention_shape, build_pipeline
 from perf.cache import cache_dir
 from perf.loras import synthetic_pool
+from perf.measure import synchronize, time_rounds
 from perf.models import resolve_source
 from perf.profiles import ActiveProfile, resolve_profile
 from perf.recipes import get_recipe
+from perf.record import identity
 from perf.settings import SETTINGS_BY_SIZE
 
 CATEGORIES = (  # first match wins; names are CUDA kernel names, lower-cased
@@ -83,19 +85,7 @@ def matmul_ceilings(n: int = 8192, repeats: int = 20) -> dict[str, float]:
 def median_ms(fn: Callable[[], object], repeats: int, device_type: str) -> float:
     """Median wall time of ``fn`` (ms) over ``repeats`` calls after one warm-up, each call waited for."""
     fn()
-    samples = []
-    for _ in range(repeats):
-        _sync(device_type)
-        started = time.perf_counter()
-        fn()
-        _sync(device_type)
-        samples.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(samples)
-
-
-def _sync(device_type: str) -> None:
-    if device_type == "cuda":
-        torch.cuda.synchronize()
+    return statistics.median(time_rounds(fn, None, repeats, device_type)) * 1e3
 
 
 def capture_inputs(module: torch.nn.Module, run: Callable[[], object]) -> tuple[tuple, dict]:
@@ -122,7 +112,7 @@ def kernel_times(fn: Callable[[], object], device_type: str) -> dict[str, float]
     activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
     with torch.profiler.profile(activities=[activity]) as prof:
         fn()
-        _sync(device_type)
+        synchronize(device_type)
     kernels: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         us = event.self_device_time_total if cuda else event.self_cpu_time_total
@@ -157,7 +147,8 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
     settings = SETTINGS_BY_SIZE[source.size]
     pool = synthetic_pool(source.size, cache)
     started = time.perf_counter()
-    built = build_pipeline(source, get_recipe(recipe_name), active, pool, settings, cache)
+    recipe = get_recipe(recipe_name)
+    built = build_pipeline(source, recipe, active, pool, settings, cache)
     pipe, cfg = built.pipe, built.pipe.transformer.config
     _, tokens, _, _ = attention_shape(pipe, settings)
     flops = step_flops(
@@ -167,11 +158,7 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
     path = out / f"profile-{recipe_name}.json"
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        "recipe": recipe_name,
-        "device": active.device.name,
-        "model_source": source.label,
-        "settings": settings.to_dict(),
-        "versions": {"torch": torch.__version__},
+        **identity(recipe, active, source, pool, settings),  # device, versions, commit, command, as every record
         "attention": {"kernel": built.attention.kernel, "timings_ms": built.attention.timings_ms,
                       "rel_errors": built.attention.rel_errors},
         "facts": built.facts,
@@ -186,13 +173,7 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
         # real inputs, so the step profiled below is the step the pipeline runs.
         args, kwargs = capture_inputs(pipe.transformer, built.generate)
         result["build_and_warmup_s"] = time.perf_counter() - started
-        images = []
-        for _ in range(rounds):
-            _sync(device_type)
-            t0 = time.perf_counter()
-            built.generate()
-            _sync(device_type)
-            images.append(time.perf_counter() - t0)
+        images = time_rounds(built.generate, None, rounds, device_type)
         save()
 
         def step() -> object:

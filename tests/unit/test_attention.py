@@ -16,7 +16,7 @@ from diffusers import FluxTransformer2DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from perf.attention import FA4_BACKEND, fa4_installed, set_backend
-from perf.models import CONFIGS
+from perf.models import CONFIGS, transformer_step_inputs
 from perf.profiles import ActiveProfile, DeviceInfo, get_profile
 from perf.recipes import get_recipe, unsupported_reason
 
@@ -59,32 +59,31 @@ def fa4_transformer(stand_in_fa4):
     """A tiny FLUX transformer switched to FA4 (which registers the backend), its inputs and its SDPA output."""
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(**CONFIGS["tiny"]["transformer"]).eval()
-    cfg = transformer.config
-    inputs = {
-        "hidden_states": torch.randn(1, 16, cfg.in_channels),
-        "encoder_hidden_states": torch.randn(1, 8, cfg.joint_attention_dim),
-        "pooled_projections": torch.randn(1, cfg.pooled_projection_dim),
-        "timestep": torch.tensor([0.5]),
-        "guidance": torch.tensor([3.5]),
-        "img_ids": torch.zeros(16, 3),
-        "txt_ids": torch.zeros(8, 3),
-        "return_dict": False,
-    }
+    inputs = transformer_step_inputs(CONFIGS["tiny"]["transformer"], 16, 8, dtype=torch.float32)
     with torch.inference_mode():
         expected = transformer(**inputs)[0]
     set_backend(transformer, FA4_BACKEND)  # no `kernels` package, no hub: the local kernel is used
     return transformer, inputs, expected
 
 
-def test_fa4_is_reported_missing_without_its_package():
+def test_fa4_is_reported_missing_without_its_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not importable, whatever this machine has
     assert not fa4_installed()
 
 
-def test_fa4_row_skips_with_its_reason_off_hopper_or_without_the_package(cpu_profile):
+def test_fa4_row_skips_with_its_reason_off_hopper_or_without_the_package(cpu_profile, monkeypatch):
+    monkeypatch.setattr("perf.recipes.fa4_installed", lambda: False)
     attention_only = dataclasses.replace(get_recipe("optimized_fa4"), fp8=False)
     assert "Hopper" in unsupported_reason(attention_only, cpu_profile)
     hopper = ActiveProfile(get_profile("h100"), DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.2, (9, 0)), False)
     assert "FlashAttention-4 is not installed" in unsupported_reason(attention_only, hopper)
+
+
+def test_the_stand_in_breaks_a_full_graph_as_the_cute_dsl_does():
+    """Negative control of the test below: called bare, the kernel is refused by ``fullgraph=True``."""
+    compiled = torch.compile(lambda *t: _stand_in_flash_attn_func(*t)[0], fullgraph=True, backend="aot_eager")
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        compiled(*_qkv())
 
 
 def test_every_attention_processor_of_a_flux_transformer_gets_fa4(fa4_transformer):

@@ -52,7 +52,8 @@ def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, 
     monkeypatch.setattr("perf.profile_step.resolve_profile", lambda _requested: cpu_profile)
     assert main(["--recipe", "hotswap_eager", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "profile-hotswap_eager.json").read_text())
-    assert result["model_source"] == "synthetic-tiny"
+    assert result["model_source"] == "synthetic-tiny" and result["recipe"]["name"] == "hotswap_eager"
+    assert result["versions"]["torch"] and "commit" in result  # identified as every record is
     assert len(result["image"]["wall_s"]) == 3 and result["image"]["vae_decode_ms"] > 0
     assert result["step"]["gpu_kernel_ms"] > 0 and result["step"]["wall_ms"] > 0
     assert result["step"]["by_category"]  # the tiny step's CPU operators, sorted into categories
