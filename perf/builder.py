@@ -159,7 +159,7 @@ def build_pipeline(
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
     set_backend(pipe.transformer, attention.backend)
     if recipe.fp8:
-        facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None)
+        facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)
     if stage and not recipe.offload:
         pipe.to(device)
     built = BuiltPipeline(

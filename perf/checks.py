@@ -55,3 +55,20 @@ def over_budget(peak: PeakMemory, budget_gib: float | None, profile: str) -> str
         f"peak GPU memory {worst:.2f} GiB (allocated {peak.allocated_gib:.2f}, reserved {peak.reserved_gib:.2f}) "
         f"exceeds the {profile} budget of {budget_gib:g} GiB"
     )
+
+
+def cudagraph_problem(recorded_in_warmup: int, recorded_after_warmup: int, skipped: int) -> str | None:
+    """Why a recipe compiled with CUDA graphs did not run as one, or None. Its graphs must all be recorded during
+    warm-up and replayed from then on: a skipped graph ran as ordinary launches (the row would be timing
+    something other than its name), and a recording after warm-up means a static input (a weight) moved
+    between calls, so a swap replaced a tensor that the graphs had captured instead of copying into it."""
+    if skipped:
+        return f"{skipped} compiled graph(s) ran without CUDA graphs (torch logs why: 'skipping cudagraphs due to')"
+    if not recorded_in_warmup:
+        return "no CUDA graph was recorded during warm-up"
+    if recorded_after_warmup:
+        return (
+            f"{recorded_after_warmup} CUDA graph(s) recorded again after warm-up: a swap moved a captured tensor "
+            "(re-recording costs time and memory each swap)"
+        )
+    return None

@@ -20,6 +20,7 @@ Attention = Literal["fa3", "fa4", "sdpa"]
 CompileScope = Literal["none", "full", "regional"]
 
 H100_PROFILES = ("cpu", "h100", "h200")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that run compiled graphs as CUDA graphs
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Recipe:
     fp8: bool = False
     compile: CompileScope = "none"
     compile_mode: str | None = None  # torch.compile mode; None = default, as the seed ran it
+    # torchao's quantize_(set_inductor_config=True), as the seed ran it, also turns on Inductor's coordinate-descent
+    # tuning for the process (perf.compile_settings); False keeps Inductor at its defaults
+    torchao_inductor_config: bool = True
     hotswap: bool = True
     offload: bool = False
     t5_nf4: bool = False
@@ -47,6 +51,11 @@ class Recipe:
     @property
     def compiled(self) -> bool:
         return self.compile != "none"
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Compiled graphs are recorded once as CUDA graphs and replayed: one launch instead of hundreds."""
+        return self.compiled and self.compile_mode in CUDAGRAPH_MODES
 
     @property
     def serves_hotswap(self) -> bool:
@@ -127,6 +136,19 @@ RECIPES: dict[str, Recipe] = {
             "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
             seed_flags="(none)", opt_in=True,
             note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
+        ),
+        Recipe(
+            "optimized_fullgraph_defaults", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
+            torchao_inductor_config=False,
+            note="optimized_fullgraph with Inductor at its defaults: torchao's quantize_(set_inductor_config="
+            "False) leaves coordinate-descent tuning off, the suspect in the full-graph FP8 compile that does "
+            "not finish",
+        ),
+        Recipe(
+            "optimized_cudagraphs", ("h100", "h200"), attention="fa3", fp8=True, compile="regional",
+            compile_mode="reduce-overhead",
+            note="optimized with CUDA graphs (compile mode reduce-overhead): each compiled block is replayed as "
+            "one graph; hot-swap copies into the same weight tensors, so the graphs stay valid",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

@@ -89,6 +89,11 @@ def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any
             "warmup_seconds": scenario.warmup_seconds,
             "warmup_graphs": scenario.warmup_graphs,
             "warmup_cache": scenario.warmup_cache,
+            "cudagraphs": {
+                "recorded_in_warmup": scenario.warmup_cudagraphs,
+                "recorded_after_warmup": scenario.cudagraphs_recorded_after_warmup,
+                "skipped": scenario.cudagraphs_skipped,
+            },
         },
         "recompiles_after_warmup": scenario.recompiles_after_warmup,
         "swaps": [dataclasses.asdict(step) for step in scenario.steps],

@@ -21,6 +21,7 @@ class SwapStep:
     load_seconds: float  # hot-swap (or unload + load) time
     generate_seconds: float  # first generation after the swap
     recompiles: int  # graphs compiled during the load and that generation
+    cudagraphs_recorded: int  # CUDA graphs recorded during the load and that generation (0 once warm)
 
 
 @dataclass
@@ -28,6 +29,8 @@ class ScenarioResult:
     warmup_seconds: float  # first generation on adapter A, compile included
     warmup_graphs: int  # graphs compiled during warm-up (0 for eager recipes)
     warmup_cache: dict[str, int]  # compile-cache hits and misses during warm-up: was the compile cold or warm?
+    warmup_cudagraphs: int  # CUDA graphs recorded during warm-up (recipes compiled with CUDA graphs)
+    cudagraphs_skipped: int  # compiled graphs run without the CUDA graphs their mode asked for, warm-up included
     steps: list[SwapStep]
     warmup_image: np.ndarray = field(repr=False)  # adapter A's image before any swap
     images: dict[str, np.ndarray] = field(repr=False)  # adapter name -> its image after the last swap to it
@@ -36,6 +39,10 @@ class ScenarioResult:
     @property
     def recompiles_after_warmup(self) -> int:
         return sum(step.recompiles for step in self.steps)
+
+    @property
+    def cudagraphs_recorded_after_warmup(self) -> int:
+        return sum(step.cudagraphs_recorded for step in self.steps)
 
 
 def swap_sequence(built: BuiltPipeline) -> list[LoraAdapter]:
@@ -55,14 +62,19 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
         warmup_seconds, warmup_image = timed(built.generate, device)
     images = {}
     steps = []
+    skipped = warm.cudagraphs_skipped
     for adapter in swap_sequence(built):
         with RecompileWatcher() as watcher:
             load_seconds, _ = timed(lambda a=adapter: built.load_adapter(a), device)
             generate_seconds, image = timed(built.generate, device)
         images[adapter.name] = image
-        steps.append(SwapStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count))
+        steps.append(SwapStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count,
+                              watcher.cudagraphs_recorded))
+        skipped += watcher.cudagraphs_skipped
+        graphs = f", CUDA graphs recorded {watcher.cudagraphs_recorded}" if built.recipe.cudagraphs else ""
         progress(
             f"[{built.recipe.name}] swap to {adapter.name} (r{adapter.rank}): load {load_seconds:.2f}s, "
-            f"generate {generate_seconds:.2f}s, recompiles {watcher.count}"
+            f"generate {generate_seconds:.2f}s, recompiles {watcher.count}{graphs}"
         )
-    return ScenarioResult(warmup_seconds, warm.count, warm.cache, steps, warmup_image, images, read_peak(device))
+    return ScenarioResult(warmup_seconds, warm.count, warm.cache, warm.cudagraphs_recorded, skipped, steps,
+                          warmup_image, images, read_peak(device))

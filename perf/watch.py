@@ -1,4 +1,5 @@
-"""Counting torch.compile's work, so a test can say "zero recompiles after warm-up" and mean it."""
+"""Counting torch.compile's work, so a test can say "zero recompiles after warm-up" and mean it; and, for recipes
+that run under CUDA graphs, "recorded during warm-up, never skipped, never re-recorded after a swap"."""
 
 from __future__ import annotations
 
@@ -23,23 +24,51 @@ def cache_counts() -> dict[str, int]:
     return {name: int(counters[group][name]) for group, name in CACHE_COUNTERS}
 
 
+def cudagraph_skips() -> int:
+    """Compiled graphs Inductor ran without CUDA graphs although the mode asked for them (CPU tensors, mutated
+    inputs, ...): each such skip is logged as "skipping cudagraphs due to ..."."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 @dataclass
 class RecompileWatcher:
-    """Counts graphs compiled while it is open, and compile-cache hits and misses. One per region:
-    ``with RecompileWatcher() as w: ...``."""
+    """Counts graphs compiled, CUDA graphs recorded and skipped while it is open, and compile-cache hits and
+    misses. One per region: ``with RecompileWatcher() as w: ...``. A CUDA graph is recorded once per compiled
+    graph after its warm-up; one recorded later means a static input (a weight) moved, e.g. a swap that
+    replaced a tensor instead of copying into it."""
 
     start: int = 0
     end: int | None = None
     cache_start: dict[str, int] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
+    cudagraphs_recorded: int = 0
+    skips_start: int = 0
+    cudagraphs_skipped: int = 0
 
     def __enter__(self) -> RecompileWatcher:
+        from torch._dynamo.callback import callback_handler
+
         self.start, self.end, self.cache_start = compiled_graphs(), None, cache_counts()
+        self.cudagraphs_recorded, self.skips_start = 0, cudagraph_skips()
+        callback_handler.register_start_callback(self._on_start)
         return self
 
+    def _on_start(self, args) -> None:
+        from torch._dynamo.callback import CallbackTrigger
+
+        if args.callback_trigger == CallbackTrigger.CUDAGRAPH_RECORDING:
+            self.cudagraphs_recorded += 1
+
     def __exit__(self, *exc) -> None:
+        from torch._dynamo.callback import callback_handler
+
         self.end = compiled_graphs()
         self.cache = {k: v - self.cache_start[k] for k, v in cache_counts().items()}
+        self.cudagraphs_skipped = cudagraph_skips() - self.skips_start
+        if self._on_start in callback_handler.start_callbacks:  # torch.compiler.reset() clears them all
+            callback_handler.remove_start_callback(self._on_start)
 
     @property
     def count(self) -> int:

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from perf.checks import SEPARATION, image_diff, output_tolerance
+from perf.checks import SEPARATION, cudagraph_problem, image_diff, output_tolerance
 from perf.measure import synchronize, time_rounds
 from perf.watch import RecompileWatcher
 
@@ -26,6 +26,20 @@ def test_watcher_catches_recompiles_without_hotswap(case):
         pytest.skip(f"{case.recipe.name} is not compiled without hot-swap")
     case.add_check("recompiles_detected", case.scenario.recompiles_after_warmup > 0)
     assert case.scenario.recompiles_after_warmup > 0, f"no recompile seen: {case.scenario.steps}"
+
+
+def test_cudagraphs_recorded_once_and_replayed_across_swaps(case):
+    """Recipes compiled with CUDA graphs run as CUDA graphs: none skipped, all recorded in warm-up, none recorded
+    again after a swap. That the replayed graphs use the swapped adapter is the image test below."""
+    if not case.recipe.cudagraphs:
+        pytest.skip(f"{case.recipe.name} is not compiled with CUDA graphs")
+    scenario = case.scenario
+    problem = cudagraph_problem(scenario.warmup_cudagraphs, scenario.cudagraphs_recorded_after_warmup,
+                                scenario.cudagraphs_skipped)
+    case.add_check("cudagraphs_replayed", problem is None, recorded_in_warmup=scenario.warmup_cudagraphs,
+                   recorded_after_warmup=scenario.cudagraphs_recorded_after_warmup,
+                   skipped=scenario.cudagraphs_skipped)
+    assert problem is None, f"{case.recipe.name}: {problem}"
 
 
 def test_hotswapped_image_matches_fresh_pipeline(case):
@@ -83,3 +97,7 @@ def test_generation_latency(benchmark, case, suite):
             case.add_latency(list(benchmark.stats.stats.data), timer="pytest-benchmark")
     if case.recipe.compiled and case.recipe.hotswap:
         assert watcher.count == 0, f"{watcher.count} recompiles while timing hot-swapped generations"
+    if case.recipe.cudagraphs:
+        assert watcher.cudagraphs_recorded == 0 and watcher.cudagraphs_skipped == 0, (
+            f"CUDA graphs recorded {watcher.cudagraphs_recorded}, skipped {watcher.cudagraphs_skipped} while timing"
+        )
