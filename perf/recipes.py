@@ -145,10 +145,12 @@ RECIPES: dict[str, Recipe] = {
             "not finish",
         ),
         Recipe(
-            "optimized_cudagraphs", ("h100", "h200"), attention="fa3", fp8=True, compile="regional",
-            compile_mode="reduce-overhead",
-            note="optimized with CUDA graphs (compile mode reduce-overhead): each compiled block is replayed as "
-            "one graph; hot-swap copies into the same weight tensors, so the graphs stay valid",
+            "optimized_cudagraphs", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_mode="reduce-overhead",
+            note="optimized_fullgraph_defaults with CUDA graphs (compile mode reduce-overhead): the transformer is "
+            "replayed as one graph per step; hot-swap copies into the captured weight tensors, so the graph stays "
+            "valid. Full graph: CUDA-graph trees over regional blocks fail (a block's input is an overwritten "
+            "output of the previous graph)",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(
