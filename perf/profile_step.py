@@ -173,7 +173,7 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
         # real inputs, so the step profiled below is the step the pipeline runs.
         args, kwargs = capture_inputs(pipe.transformer, built.generate)
         result["build_and_warmup_s"] = time.perf_counter() - started
-        images = time_rounds(built.generate, None, rounds, device_type)
+        result["image"] = {"wall_s": time_rounds(built.generate, None, rounds, device_type)}
         save()
 
         def step() -> object:
@@ -189,8 +189,7 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
         latents = torch.randn(1, pipe.vae.config.latent_channels, settings.height // pipe.vae_scale_factor,
                               settings.width // pipe.vae_scale_factor, device=device_type, dtype=pipe.vae.dtype)
         prompt = built.current.prompt
-        result["image"] = {
-            "wall_s": images,
+        result["image"] |= {
             "steps_wall_s": result["step"]["wall_ms"] * settings.num_inference_steps / 1e3,
             "vae_decode_ms": median_ms(lambda: pipe.vae.decode(latents, return_dict=False), 3, device_type),
             "text_encode_ms": median_ms(lambda: pipe.encode_prompt(
