@@ -84,8 +84,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "optimized", H100_PROFILES, attention="fa3", fp8=True, compile="regional",
             seed_flags="(none)", seed_row="optimized", seed_seconds=3.546,
-            note="FA3 + FP8 + compile + hot-swap. Regional: full-graph FP8 compile did not finish in 9.5 min "
-            "on torch 2.11 (GPU_NOTES.md); see optimized_fullgraph",
+            note="FA3 + FP8 + compile + hot-swap. Regional: the full-graph FP8 compile did not finish in 9.5 min "
+            "on torch 2.11 under the coordinate-descent tuning torchao turns on; see optimized_fullgraph_defaults",
         ),
         Recipe(
             "no_fp8", H100_PROFILES, attention="fa3", compile="full",
@@ -135,7 +135,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "optimized_fullgraph", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
             seed_flags="(none)", opt_in=True,
-            note="the seed's optimized row exactly: FP8 with full-graph compile (needs its own compile budget)",
+            note="the seed's optimized row exactly: FP8 with full-graph compile under torchao's Inductor settings "
+            "(coordinate-descent tuning: no image after 9.5 min on an H100; needs its own compile budget)",
         ),
         Recipe(
             "optimized_fullgraph_defaults", ("h100", "h200"), attention="fa3", fp8=True, compile="full",

@@ -253,3 +253,22 @@ def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, m
     follower = open_tiny_case("hotswap_eager")  # the next recipe compiles under the settings it found
     assert follower.record["applied"]["compile_settings"]["coordinate_descent_tuning"] is False
     follower.release()
+
+
+def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_source, cpu_profile, tiny_pool, tiny_cache,
+                                                                 monkeypatch):
+    """The seed's rows quantize with torchao's Inductor settings; ``optimized_fullgraph_defaults`` (and the CUDA
+    graph row built on it) without them, the fix for the full-graph FP8 compile that did not finish."""
+    from perf.builder import build_pipeline
+
+    asked = []
+
+    def quantize(transformer, device=None, set_inductor_config=True):
+        asked.append(set_inductor_config)
+        return "not quantized: FP8 needs a GPU"
+
+    monkeypatch.setattr("perf.builder.quantize_fp8", quantize)
+    for name in ("optimized", "optimized_fullgraph_defaults", "optimized_cudagraphs"):
+        eager = dataclasses.replace(get_recipe(name), attention="sdpa", compile="none")
+        build_pipeline(tiny_source, eager, cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache)
+    assert asked == [True, False, False]
