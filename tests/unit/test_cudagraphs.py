@@ -5,6 +5,8 @@ replays with the new weights and a swap that rebinds a weight is caught re-recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -49,31 +51,41 @@ def test_detector_reports_cudagraphs_skipped_on_cpu():
     assert "without CUDA graphs" in cudagraph_problem(warm.cudagraphs_recorded, 0, warm.cudagraphs_skipped)
 
 
-@needs_cuda
-@torch.no_grad()
-def test_inplace_weight_copy_replays_the_recorded_graph_with_the_new_weights():
+def _swap_after_warmup(swap: Callable[[torch.nn.Parameter, torch.Tensor], None]):
+    """Warm a compiled CUDA linear up, swap its weight with ``swap(weight, new)``, call it once more: the warm-up
+    and swap watchers, and the output next to what the new weight should give."""
     linear, compiled, x = _compiled_linear("cuda")
     warm = _warm(compiled, x)
     new = torch.randn_like(linear.weight)
-    with RecompileWatcher() as swap:
-        linear.weight.copy_(new)  # what PEFT's hot-swap does once ranks are padded to the target rank
+    with RecompileWatcher() as swapped:
+        swap(linear.weight, new)
         out = compiled(x).clone()
+    expected = torch.nn.functional.linear(x, new, linear.bias)
+    torch.compiler.reset()
+    return warm, swapped, out, expected
+
+
+def _copy_into(weight: torch.nn.Parameter, new: torch.Tensor) -> None:
+    weight.copy_(new)  # what PEFT's hot-swap does once ranks are padded to the target rank
+
+
+def _rebind(weight: torch.nn.Parameter, new: torch.Tensor) -> None:
+    weight.data = new  # a new storage: the captured graph's weight pointer is stale
+
+
+@needs_cuda
+@torch.no_grad()
+def test_inplace_weight_copy_replays_the_recorded_graph_with_the_new_weights():
+    warm, swap, out, expected = _swap_after_warmup(_copy_into)
     assert cudagraph_problem(warm.cudagraphs_recorded, swap.cudagraphs_recorded, warm.cudagraphs_skipped) is None
     assert swap.count == 0
-    torch.testing.assert_close(out, torch.nn.functional.linear(x, new, linear.bias))
-    torch.compiler.reset()
+    torch.testing.assert_close(out, expected)
 
 
 @needs_cuda
 @torch.no_grad()
 def test_detector_catches_a_swap_that_rebinds_a_captured_weight():
-    linear, compiled, x = _compiled_linear("cuda")
-    warm = _warm(compiled, x)
-    new = torch.randn_like(linear.weight)
-    with RecompileWatcher() as swap:
-        linear.weight.data = new  # a new storage: the captured graph's weight pointer is stale
-        out = compiled(x).clone()
+    warm, swap, out, expected = _swap_after_warmup(_rebind)
     assert swap.cudagraphs_recorded >= 1
     assert "recorded again" in cudagraph_problem(warm.cudagraphs_recorded, swap.cudagraphs_recorded, 0)
-    torch.testing.assert_close(out, torch.nn.functional.linear(x, new, linear.bias))
-    torch.compiler.reset()
+    torch.testing.assert_close(out, expected)
