@@ -1,8 +1,9 @@
 """One recipe's run on one profile, from build to record: what every perf test of that recipe reads.
 
-The expensive part (build, compile, swaps) runs once per recipe; tests assert on the result. A fresh eager
-pipeline with the second adapter is generated *before* the recipe's pipeline is built, so two full-size
-pipelines are never in GPU memory at once.
+The expensive part (build, compile, swaps, the swap checks' controls) runs once per recipe; tests assert on the
+result. Fresh eager pipelines with the adapters the checks need are run *before* the recipe's pipeline is built,
+so two full-size pipelines are never in GPU memory at once: each leaves its image and its first denoising step
+(``perf.probe.StepReference``) behind.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import torch
 from perf import compile_settings
 from perf.baselines import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
 from perf.builder import BuiltPipeline, build_pipeline
+from perf.checks import effect_tolerance
+from perf.churn import ChurnResult, run_churn
 from perf.coldstart import ColdStart
 from perf.errors import CompileBudgetExceeded, SuiteError
 from perf.loras import LoraAdapter, LoraPool
 from perf.measure import free_memory, in_use_gib, read_peak, reset_peak
 from perf.models import ModelSource
+from perf.probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
 from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
 from perf.record import failure_record, latency_summary, make_record
@@ -44,12 +48,56 @@ class Case:
     scenario: ScenarioResult
     record: dict
     fresh_images: dict[str, np.ndarray] = field(default_factory=dict)  # adapter -> fresh eager pipeline image
+    references: dict[str, StepReference] = field(default_factory=dict)  # adapter -> fresh eager pipeline's step
+    controls: ControlResult | None = None  # the swap check under injected defects (hot-swap recipes)
+    churn_result: ChurnResult | None = None
     cold_start: ColdStart | str | None = None  # measured cold/warm start, why it failed, or None: not measured
     settings_before: compile_settings.CompileSettings | None = None  # restored on release
 
     @property
     def recipe(self) -> Recipe:
         return self.built.recipe
+
+    @property
+    def swap_reference(self) -> StepReference:
+        """The scenario's first swap target's fresh eager step: the probe every swap check is measured on."""
+        return self.references[self.built.pool.adapters[1].name]
+
+    @property
+    def effect_tolerance(self) -> float:
+        return effect_tolerance(self.recipe, self.built.active.profile.dtype)
+
+    @property
+    def swap_error(self) -> float:
+        """The first swap's error in units of the adapter's effect (0: as if loaded into a fresh pipeline)."""
+        reference = self.swap_reference
+        return reference.error(self.scenario.steps_out[reference.adapter])
+
+    @property
+    def swap_back_error(self) -> float:
+        """Adapter A after the swaps vs A before them, on the same probe, in units of the probe adapter's effect."""
+        after = self.scenario.steps_out[self.built.first.name]
+        return float((after - self.scenario.warmup_step).norm()) / self.swap_reference.effect
+
+    def swap_check_summary(self) -> dict:
+        """The swap checks' figures for the record: errors, tolerance, and the controls they must catch."""
+        return {
+            "unit": "fraction of the adapter's effect on one denoising step (perf.probe)",
+            "tolerance": self.effect_tolerance,
+            "reference": self.swap_reference.adapter,
+            "effect_norm": self.swap_reference.effect,
+            "swap": self.swap_error,
+            "swap_back": self.swap_back_error,
+            "probe_recompiles": self.scenario.probe_recompiles,
+            "controls": self.controls.to_dict(),
+        }
+
+    def churn(self, sequence: list[LoraAdapter], progress: Callable[[str], None] = print) -> ChurnResult:
+        """The churn over ``sequence`` (once per case), its summary kept in the record."""
+        if self.churn_result is None:
+            self.churn_result = run_churn(self.built, sequence, progress, self.references.get(sequence[-1].name))
+            self.record["churn"] = self.churn_result.summary()
+        return self.churn_result
 
     def add_latency(self, samples: list[float], timer: str) -> None:
         self.record["latency"] = {**latency_summary(samples), "timer": timer}
@@ -82,12 +130,16 @@ def keep_record(record: dict, images: dict[str, np.ndarray], results_dir: Path, 
         write_record(baselines_dir, record, images, overwrite_foreign=overwrite_foreign)
 
 
-def _fresh_image(source, recipe, active, pool, settings, cache, adapter) -> np.ndarray:
+def _fresh_reference(source, recipe, active, pool, settings, cache, adapter) -> tuple[np.ndarray, StepReference]:
+    """A fresh eager pipeline with ``adapter`` loaded directly: its image, and its first step with and without
+    the adapter (the swap checks' reference)."""
     reference = build_pipeline(source, recipe.eager_reference(), active, pool, settings, cache, first=adapter)
-    image = reference.generate()
+    with capture_first_step(reference.pipe.transformer) as captured:
+        image = reference.generate()
+    step = reference_step(reference.pipe, captured[0], adapter.name)
     del reference
     free_memory(active.device.type)
-    return image
+    return image, step
 
 
 def open_case(
@@ -112,16 +164,23 @@ def open_case(
     built = None
     settings_before = compile_settings.snapshot()
     try:
-        fresh = {}
+        fresh, steps = {}, {}
         for adapter in references:
             progress(f"[{recipe.name}] fresh eager pipeline with {adapter.name}, to check swaps against")
-            fresh[adapter.name] = _fresh_image(source, recipe, active, pool, settings, cache, adapter)
+            fresh[adapter.name], steps[adapter.name] = _fresh_reference(
+                source, recipe, active, pool, settings, cache, adapter)
         progress(f"[{recipe.name}] building ({active.describe()}, {source.label}; LoRAs {pool.describe()})")
         built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=target_rank)
-        scenario = run_scenario(built, progress)
+        swapped_to = pool.adapters[1]
+        probe = steps[swapped_to.name].inputs if swapped_to.name in steps else None
+        scenario = run_scenario(built, progress, probe)
+        controls = run_controls(built, steps[swapped_to.name], swapped_to) if probe is not None else None
         record = make_record(built, scenario)
         record["memory_at_start_gib"] = start_gib
-        return Case(built, scenario, record, fresh, settings_before=settings_before)
+        case = Case(built, scenario, record, fresh, steps, controls, settings_before=settings_before)
+        if controls is not None:
+            record["swap_check"] = case.swap_check_summary()
+        return case
     except torch.OutOfMemoryError as exc:
         outcome, peak = OUT_OF_MEMORY, read_peak(device)
         allocated = "n/a" if peak.allocated_gib is None else f"{peak.allocated_gib:.2f} GiB"  # None off CUDA

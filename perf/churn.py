@@ -14,6 +14,7 @@ from perf.builder import BuiltPipeline
 from perf.checks import image_diff
 from perf.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
 from perf.measure import timed
+from perf.probe import StepReference, step_output
 from perf.watch import RecompileWatcher
 
 CHURN_SWAPS = 20
@@ -58,6 +59,7 @@ class ChurnResult:
     steps: list[ChurnStep]
     last_image: np.ndarray = field(repr=False)
     revisit_drift: float = 0.0  # largest mean abs difference of an adapter's image from its first in the churn
+    last_error: float | None = None  # the last adapter's one-step swap-check error (perf.probe), with a reference
 
     @property
     def last_adapter(self) -> str:
@@ -80,13 +82,16 @@ class ChurnResult:
             "generate_median_s": statistics.median(generations),
             "images_per_minute": 60 * len(self.steps) / (sum(loads) + sum(generations)),
             "revisit_drift": self.revisit_drift,
+            "last_error": self.last_error,
             "steps": [asdict(s) for s in self.steps],
         }
 
 
-def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print) -> ChurnResult:
+def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print,
+              reference: StepReference | None = None) -> ChurnResult:
     """Hot-swap to each adapter of ``sequence`` and generate, counting graphs compiled at every step; an adapter
-    met again must make the image it made the first time (the 20th swap as good as the first)."""
+    met again must make the image it made the first time (the 20th swap as good as the first). With the last
+    adapter's fresh ``reference``, its swap-check error after the churn is measured too."""
     device = built.device_type
     steps, image, first_images, drift = [], None, {}, 0.0
     for i, adapter in enumerate(sequence, 1):
@@ -103,4 +108,5 @@ def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print)
                 f"{load_seconds:.2f}s, generate {generate_seconds:.2f}s, recompiles so far "
                 f"{sum(s.recompiles for s in steps)}"
             )
-    return ChurnResult(steps, image, drift)
+    last_error = reference.error(step_output(built.pipe, reference.inputs)) if reference else None
+    return ChurnResult(steps, image, drift, last_error)

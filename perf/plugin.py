@@ -150,6 +150,9 @@ class Suite:
         """The churn's adapters: six synthetic ones of mixed ranks and targets, or the user's pool."""
         return self.pool if self.option("--lora") else churn_pool(self.source.size, self.cache)
 
+    def churn_sequence(self) -> list:
+        return churn_sequence(self.churn_pool)
+
     @property
     def target_rank(self) -> int:
         return self.option("--max-rank") or self.pool.max_rank

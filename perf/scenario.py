@@ -1,16 +1,20 @@
 """The serving scenario every recipe runs: warm up on adapter A (compile happens here), then swap to the other
-adapters and generate after each swap, counting compiled graphs and keeping each adapter's image."""
+adapters and generate after each swap, counting compiled graphs and keeping each adapter's image. With a probe
+(``perf.probe``), one transformer step on fixed inputs is also taken after warm-up and after each swap, outside the
+timed and watched regions, so the swap checks compare like with like."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from perf.budget import compile_budget
 from perf.builder import BuiltPipeline
 from perf.loras import LoraAdapter
 from perf.measure import PeakMemory, read_peak, reset_peak, timed
+from perf.probe import StepInputs, step_output
 from perf.watch import RecompileWatcher
 
 
@@ -35,6 +39,9 @@ class ScenarioResult:
     warmup_image: np.ndarray = field(repr=False)  # adapter A's image before any swap
     images: dict[str, np.ndarray] = field(repr=False)  # adapter name -> its image after the last swap to it
     peak: PeakMemory | None = None
+    warmup_step: torch.Tensor | None = field(default=None, repr=False)  # the probe's step on adapter A, before swaps
+    steps_out: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # adapter -> probe step after its
+    probe_recompiles: int = 0  # graphs compiled while probing (must be 0: the probe makes the pipeline's own call)
 
     @property
     def recompiles_after_warmup(self) -> int:
@@ -52,7 +59,7 @@ def swap_sequence(built: BuiltPipeline) -> list[LoraAdapter]:
     return others[:1] if built.recipe.expects_recompiles else [*others, first]
 
 
-def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
+def run_scenario(built: BuiltPipeline, progress=print, probe: StepInputs | None = None) -> ScenarioResult:
     device = built.device_type
     reset_peak(device)
     first = built.current
@@ -60,6 +67,18 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
     budget = built.active.profile.compile_budget_s if built.recipe.compiled else None
     with RecompileWatcher() as warm, compile_budget(budget, f"{built.recipe.name}: first generation"):
         warmup_seconds, warmup_image = timed(built.generate, device)
+    probe_recompiles = 0
+
+    def probed() -> torch.Tensor | None:
+        nonlocal probe_recompiles
+        if probe is None:
+            return None
+        with RecompileWatcher() as watcher:
+            out = step_output(built.pipe, probe)
+        probe_recompiles += watcher.count
+        return out
+
+    warmup_step, steps_out = probed(), {}
     images = {}
     steps = []
     skipped = warm.cudagraphs_skipped
@@ -68,6 +87,7 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
             load_seconds, _ = timed(lambda a=adapter: built.load_adapter(a), device)
             generate_seconds, image = timed(built.generate, device)
         images[adapter.name] = image
+        steps_out[adapter.name] = probed()
         steps.append(SwapStep(adapter.name, adapter.rank, load_seconds, generate_seconds, watcher.count,
                               watcher.cudagraphs_recorded))
         skipped += watcher.cudagraphs_skipped
@@ -77,4 +97,4 @@ def run_scenario(built: BuiltPipeline, progress=print) -> ScenarioResult:
             f"generate {generate_seconds:.2f}s, recompiles {watcher.count}{graphs}"
         )
     return ScenarioResult(warmup_seconds, warm.count, warm.cache, warm.cudagraphs_recorded, skipped, steps,
-                          warmup_image, images, read_peak(device))
+                          warmup_image, images, read_peak(device), warmup_step, steps_out, probe_recompiles)

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from perf.checks import SEPARATION, cudagraph_problem, image_diff, output_tolerance
+from perf.checks import cudagraph_problem
 from perf.measure import synchronize, time_rounds
 from perf.watch import RecompileWatcher
 
@@ -42,33 +42,41 @@ def test_cudagraphs_recorded_once_and_replayed_across_swaps(case):
     assert problem is None, f"{case.recipe.name}: {problem}"
 
 
-def test_hotswapped_image_matches_fresh_pipeline(case):
+def test_hotswapped_adapter_acts_as_if_loaded_into_a_fresh_pipeline(case):
+    """One denoising step after the swap, on the inputs of a fresh eager pipeline that loaded the adapter directly:
+    the wrong part of the adapter's effect stays within the measured noise (``perf.probe``). The images of both are
+    in the record for a person to look at; the step is what is gated, since compile drift grows over 28 steps."""
     if not case.recipe.hotswap:
         pytest.skip(f"{case.recipe.name} does not hot-swap")
-    adapter = case.built.pool.adapters[1].name  # the scenario's first swap
-    fresh = case.fresh_images[adapter]
-    tolerance = output_tolerance(case.recipe, case.built.active.profile.dtype)
-    swapped = image_diff(case.scenario.images[adapter], fresh)
-    other = image_diff(case.scenario.warmup_image, fresh)
-    case.add_check("matches_fresh_pipeline", swapped.mean_abs <= tolerance, adapter=adapter,
-                   tolerance=tolerance, swapped=swapped.to_dict(), other_adapter=other.to_dict())
-    assert other.mean_abs >= SEPARATION * tolerance, (
-        f"adapters barely change the image ({other.mean_abs:.2e} vs tolerance {tolerance:.1e}): check is vacuous"
-    )
-    assert swapped.mean_abs <= tolerance, (
-        f"after hot-swapping to {adapter} the image differs from a fresh pipeline with {adapter} by "
-        f"{swapped.mean_abs:.2e} (mean abs; tolerance {tolerance:.1e})"
+    assert case.scenario.probe_recompiles == 0, f"probing compiled {case.scenario.probe_recompiles} graph(s)"
+    assert case.swap_error <= case.effect_tolerance, (
+        f"after hot-swapping to {case.swap_reference.adapter}, {case.swap_error:.2%} of the adapter's effect is "
+        f"wrong (tolerance {case.effect_tolerance:.2%}; figures in the record's swap_check)"
     )
 
 
 def test_swapping_back_restores_the_first_adapter(case):
     if not case.recipe.hotswap:
         pytest.skip(f"{case.recipe.name} does not hot-swap")
-    first = case.built.first.name
-    tolerance = output_tolerance(case.recipe, case.built.active.profile.dtype)
-    diff = image_diff(case.scenario.images[first], case.scenario.warmup_image)
-    case.add_check("swap_back_restores_first", diff.mean_abs <= tolerance, diff=diff.to_dict())
-    assert diff.mean_abs <= tolerance, f"swapping back to {first} changed its image by {diff.mean_abs:.2e}"
+    assert case.swap_back_error <= case.effect_tolerance, (
+        f"swapping back to {case.built.first.name} changed its step by {case.swap_back_error:.2%} of an adapter's "
+        f"effect (tolerance {case.effect_tolerance:.2%})"
+    )
+
+
+@pytest.mark.parametrize("defect", ["strength off by 10%", "swap reached only to_q", "old adapter stayed"])
+def test_swap_check_catches_a_broken_swap(case, defect):
+    """Negative controls, written into the real candidate after its swap and undone: each must fail the check,
+    or passing it proves nothing. The record keeps every figure, the 1% and 3% strength errors too."""
+    if not case.recipe.hotswap:
+        pytest.skip(f"{case.recipe.name} does not hot-swap")
+    controls = case.controls
+    error = {"strength off by 10%": controls.scale[0.1], "swap reached only to_q": controls.partial,
+             "old adapter stayed": controls.not_swapped}[defect]
+    assert controls.recompiles == 0, f"the controls compiled {controls.recompiles} graph(s)"
+    assert error > case.effect_tolerance, (
+        f"{defect}: error {error:.2%} passes the check (tolerance {case.effect_tolerance:.2%}): the check is blind"
+    )
 
 
 def test_generation_latency(benchmark, case, suite):
