@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from perf import benchmark_storage
 from perf.baselines import atomic_write_bytes, now_iso, read_records
 from perf.cache import cache_dir, clear_cache
 from perf.case import Case, CaseFailed, keep_record, open_case
@@ -306,13 +307,42 @@ def _quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 DEFAULT_BENCHMARK_STORAGE = "file://./.benchmarks"
+COMPARE_NOTE = pytest.StashKey[str]()
 
 
 def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
-    """pytest-benchmark's storage gets one folder per profile, so --benchmark-compare on a CPU never
-    compares against an H100 run. An explicit --benchmark-storage is left alone."""
-    if getattr(config.option, "benchmark_storage", None) == DEFAULT_BENCHMARK_STORAGE:
-        config.option.benchmark_storage = f"{DEFAULT_BENCHMARK_STORAGE}/{profile}"
+    """pytest-benchmark's storage is the profile's stored baselines (``perf.benchmark_storage``), unless the user
+    names another with --benchmark-storage; --update-baselines saves there, and a bare --benchmark-compare is
+    pointed at the newest stored file, or says in one line that there is none."""
+    option = config.option
+    if not hasattr(option, "benchmark_storage"):
+        return  # pytest-benchmark is not loaded (-p no:benchmark)
+    folder = benchmark_storage.benchmarks_folder(config.getoption("--baselines-dir"), profile)
+    if option.benchmark_storage == DEFAULT_BENCHMARK_STORAGE:
+        option.benchmark_storage = f"file://{folder}"
+    if config.getoption("--update-baselines") and not option.benchmark_save:
+        option.benchmark_save = benchmark_storage.SAVE_NAME
+    if option.benchmark_compare is True and option.benchmark_storage == f"file://{folder}":
+        latest = benchmark_storage.latest_baseline(folder)
+        if latest is None:
+            config.stash[COMPARE_NOTE] = (
+                f"--benchmark-compare: nothing to compare against: no stored {profile} timings under {folder} "
+                "(record them with --update-baselines)"
+            )
+        else:
+            option.benchmark_compare = str(latest)
+            config.stash[COMPARE_NOTE] = f"--benchmark-compare: against {latest}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    """A stored baseline keeps the recipes this run did not time (the newest file is always complete)."""
+    if not config.getoption("--update-baselines"):
+        return
+    suite = config.stash[SUITE]
+    folder = benchmark_storage.benchmarks_folder(suite.baselines_dir, suite.active.name)
+    stored = [json.loads(path.read_text()) for path in benchmark_storage.stored_baselines(folder)]
+    output_json.update(benchmark_storage.merged_with_stored(output_json, stored))
 
 
 def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
@@ -365,6 +395,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    note = config.stash.get(COMPARE_NOTE, None)
+    if note:
+        terminalreporter.write_line(f"flux-lora-perf: {note}")
     lines = config.stash.get(VERDICT, None)
     if lines:
         suite = config.stash[SUITE]

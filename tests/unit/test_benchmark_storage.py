@@ -1,0 +1,57 @@
+"""--benchmark-compare compares out of the box: pytest-benchmark's storage is the profile's stored baselines, in
+pytest-benchmark's own naming, and the newest stored file holds every recipe's latest timing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from suite_run import ROOT, run_pytest
+
+from perf.benchmark_storage import SAVE_NAME, latest_baseline, merged_with_stored
+
+
+def bench(name: str, median: float) -> dict:
+    return {"fullname": f"tests/perf/test_hotswap.py::test_generation_latency[{name}]", "stats": {"median": median}}
+
+
+def test_the_newest_stored_file_is_found_whatever_machine_id_saved_it(tmp_path):
+    for machine, number in (("Linux-CPython-3.12-64bit", "0002"), ("Linux-CPython-3.11-64bit", "0001")):
+        (tmp_path / machine).mkdir()
+        (tmp_path / machine / f"{number}_{SAVE_NAME}.json").write_text("{}")
+    (tmp_path / "Linux-CPython-3.11-64bit" / "0003_autosaved.json").write_text("{}")  # not a stored baseline
+
+    assert latest_baseline(tmp_path) == tmp_path / "Linux-CPython-3.12-64bit" / f"0002_{SAVE_NAME}.json"
+    assert latest_baseline(tmp_path / "nothing-here") is None
+
+
+def test_a_new_baseline_keeps_the_recipes_this_run_did_not_time_at_their_newest_timing():
+    older = {"benchmarks": [bench("h100-baseline", 5.9), bench("h100-no_fa3", 3.3)]}
+    newer = {"benchmarks": [bench("h100-baseline", 5.7), bench("h100-optimized", 3.2)]}
+    output = {"machine_info": {"node": "now"}, "benchmarks": [bench("h100-optimized", 3.0)]}
+
+    merged = merged_with_stored(output, [older, newer])
+
+    assert [(b["fullname"].split("[")[1], b["stats"]["median"]) for b in merged["benchmarks"]] == [
+        ("h100-optimized]", 3.0), ("h100-baseline]", 5.7), ("h100-no_fa3]", 3.3)]
+    assert merged["machine_info"] == {"node": "now"}
+
+
+def test_compare_is_announced_and_saved_baselines_are_compared_on_the_next_run(tmp_path):
+    """A baselines folder with no stored timings says so in one line; --update-baselines stores them in
+    pytest-benchmark's naming; the next --benchmark-compare compares against them."""
+    baselines = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines" / "cpu", baselines / "cpu", ignore=shutil.ignore_patterns("benchmarks"))
+    common = ("-m", "cpu", "--recipes", "hotswap_eager", "--no-cold-start", "--baselines-dir", str(baselines),
+              "--results-dir", str(tmp_path / "results"), "--rounds", "3")
+
+    first = run_pytest(*common, "--benchmark-compare", "--update-baselines", cache=tmp_path / "cache", timeout=300)
+    second = run_pytest(*common, "--benchmark-compare", cache=tmp_path / "cache", timeout=300)
+
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "nothing to compare against" in first.stdout + first.stderr
+    stored = list((baselines / "cpu" / "benchmarks").glob(f"*/0001_{SAVE_NAME}.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["benchmarks"]
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert f"against {stored[0]}" in second.stdout
+    assert "(NOW)" in second.stdout and "(0001_baselin)" in second.stdout
