@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -160,15 +161,64 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def read_records(root: Path, profile: str) -> dict[str, dict[str, Any]]:
-    """All records of ``profile`` keyed by recipe name (corrupt ones raise)."""
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A record file that could not be read: kept beside the readable ones so one broken file is reported
+    (and fails a gating run) instead of hiding every other recipe's verdict."""
+
+    path: Path
+    message: str  # the ``BaselineError`` text: names the file, the problem and the fix
+
+    @property
+    def recipe(self) -> str:
+        return self.path.stem
+
+
+def read_records(root: Path, profile: str) -> tuple[dict[str, dict[str, Any]], list[UnreadableRecord]]:
+    """All readable records of ``profile`` keyed by recipe name, and the files that could not be read."""
     folder = Path(root) / profile
-    return {p.stem: read_record(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    records, unreadable = {}, []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            records[path.stem] = read_record(path)
+        except BaselineError as exc:
+            unreadable.append(UnreadableRecord(path, str(exc)))
+    return records, unreadable
+
+
+def describe_pool(pool: list[dict[str, Any]]) -> str:
+    """A pool as a reason can show it: synthetic adapters by name and rank, a user's files by name and hash."""
+    return ", ".join(
+        f"synthetic {a['name']} r{a['rank']}" if a.get("synthetic")
+        else f"{a.get('file') or a['name']} (sha {(a.get('sha256') or 'not recorded')[:12]})"
+        for a in pool
+    )
+
+
+def adapter_key(adapter: dict[str, Any], by_hash: bool) -> tuple:
+    """What identifies an adapter across runs. A user's file is its content (``by_hash``: its sha256, whatever its
+    path). A synthetic adapter is made from code, so its spec names it: its file's bytes change with the saving
+    library's version, and the upgrade gate compares runs of two versions. Records from before hashes were kept
+    fall back to what they have: name, rank and modules."""
+    if by_hash and not adapter.get("synthetic"):
+        return ("file", adapter["sha256"])
+    return (bool(adapter.get("synthetic")), adapter.get("name"), adapter.get("rank"), adapter.get("modules"))
+
+
+def pool_difference(baseline: list[dict[str, Any]] | None, record: list[dict[str, Any]] | None) -> str | None:
+    """Why two records' LoRA pools are not the same pool, or None. Records without a pool are not judged on it."""
+    if baseline is None or record is None:
+        return None
+    by_hash = all(a.get("sha256") for a in [*baseline, *record] if not a.get("synthetic"))
+    if [adapter_key(a, by_hash) for a in baseline] == [adapter_key(a, by_hash) for a in record]:
+        return None
+    basis = "" if by_hash else " (by name, rank and modules: a record without file hashes)"
+    return f"LoRA pool differs{basis}: baseline {describe_pool(baseline)}; this run {describe_pool(record)}"
 
 
 def comparable(baseline: dict[str, Any], record: dict[str, Any]) -> str | None:
-    """Why two records cannot be compared (other device, model source or settings), or None."""
+    """Why two records cannot be compared (other device, model source, settings or LoRA pool), or None."""
     for key in ("device", "model_source", "settings", "emulated"):
         if baseline.get(key) != record.get(key):
             return f"{key} differs: baseline {baseline.get(key)!r}, this run {record.get(key)!r}"
-    return None
+    return pool_difference(baseline.get("lora_pool"), record.get("lora_pool"))

@@ -243,7 +243,7 @@ class Suite:
 
     def session_records(self) -> dict[str, dict]:
         """The records this run wrote (by any worker), by recipe name."""
-        found = read_records(self.results_dir, self.active.name)
+        found, _ = read_records(self.results_dir, self.active.name)  # an unreadable file is no known session's
         return {name: record for name, record in found.items() if record.get("session") == session_id()}
 
     def keep(self, record: dict, images: dict) -> None:
@@ -346,18 +346,18 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 
 def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
-    """This run's records against the stored baselines of the same profile: table lines, any regression."""
-    from perf.compare import any_regression, compare_records, format_table
+    """This run's records against the stored baselines of the same profile: table lines, and whether the gate
+    fails (a regression, or a recipe of this run whose baseline file cannot be read: the other recipes are
+    still judged, and the broken file is named with its fix)."""
+    from perf.compare import any_error, any_regression, compare_records, format_table
 
-    try:
-        stored = read_records(suite.baselines_dir, suite.active.name)
-    except SuiteError as exc:
-        return [f"cannot read baselines: {exc}"], False
+    stored, unreadable = read_records(suite.baselines_dir, suite.active.name)
     baselines = {name: stored[name] for name in suite.finished if name in stored}
-    if not baselines:
+    broken = [record for record in unreadable if record.recipe in suite.finished]
+    if not baselines and not broken:
         return ["no stored baseline for the recipes run; record them with --update-baselines"], False
-    verdicts = compare_records(baselines, {name: suite.finished[name] for name in baselines})
-    return format_table(verdicts).splitlines(), any_regression(verdicts)
+    verdicts = compare_records(baselines, {name: suite.finished[name] for name in baselines}, unreadable=broken)
+    return format_table(verdicts).splitlines(), any_regression(verdicts) or any_error(verdicts)
 
 
 def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
@@ -387,10 +387,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         suite.finished.update(suite.session_records())  # the workers ran the recipes
     if suite is None or not suite.finished:
         return
-    lines, regressed = verdict_lines(suite)
+    lines, failed = verdict_lines(suite)
     session.config.stash[VERDICT] = lines
-    if regressed and session.config.getoption("--fail-on-regression"):
-        lines.append("regression found: failing the run (--fail-on-regression)")
+    if failed and session.config.getoption("--fail-on-regression"):
+        lines.append("regression or unreadable baseline found: failing the run (--fail-on-regression)")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

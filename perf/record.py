@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 from perf.baselines import COMPLETED, SCHEMA_VERSION, git_commit, library_versions, now_iso
@@ -30,6 +33,36 @@ def latency_summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
+HASH_CHUNK = 1 << 20  # 1 MiB reads: a real LoRA is hundreds of MB and is never held in memory whole
+
+
+@functools.cache
+def _sha256(path: Path, mtime_ns: int, size: int) -> str:  # mtime and size key the cache: a rewritten file is new
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read once per process for each version of the file: every record of a session names
+    the same pool, and hashing hundreds of MB per recipe would cost seconds each time."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _sha256(resolved, stat.st_mtime_ns, stat.st_size)
+
+
+def pool_entries(pool: LoraPool) -> list[dict[str, Any]]:
+    """Each adapter as a record names it: what it is (name, rank, modules, synthetic) and which file (name and
+    content hash), so a run with another pool is never judged against this one (``perf.baselines.comparable``)."""
+    return [
+        {"name": a.name, "rank": a.rank, "modules": len(a.modules), "synthetic": a.synthetic,
+         "file": a.path.name, "sha256": file_sha256(a.path)}
+        for a in pool.adapters
+    ]
+
+
 def identity(
     recipe: Recipe, active: ActiveProfile, source: ModelSource, pool: LoraPool, settings: GenerationSettings
 ) -> dict[str, Any]:
@@ -43,10 +76,7 @@ def identity(
         "model_source": source.label,
         "recipe": dataclasses.asdict(recipe),
         "settings": settings.to_dict(),
-        "lora_pool": [
-            {"name": a.name, "rank": a.rank, "modules": len(a.modules), "synthetic": a.synthetic}
-            for a in pool.adapters
-        ],
+        "lora_pool": pool_entries(pool),
         "versions": library_versions(),
         "python": sys.version.split()[0],
         "date": now_iso(),

@@ -23,14 +23,13 @@ from perf.compare import (
     HEADER,
     Verdict,
     any_regression,
-    compare_records,
+    compare_folders,
     latency_median,
     latency_samples,
     peak_memory_gib,
     verdict_rows,
     warmup_seconds,
 )
-from perf.errors import BaselineError
 from perf.recipes import RECIPES
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
@@ -214,17 +213,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "DIR/<profile>/, the profile being RECORDS_DIR's folder name")
     args = parser.parse_args(argv)
     profile = args.records_dir.name
-    try:
-        records = read_records(args.records_dir.parent, profile)
-        verdicts = compare_records(read_records(args.baselines, profile), records) if args.baselines else None
-    except BaselineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    verdicts = None
+    if args.baselines:
+        records, verdicts = compare_folders(args.baselines, args.records_dir.parent, profile)
+        errors = [v.reason for v in verdicts if v.verdict == "error"]
+    else:
+        records, unreadable = read_records(args.records_dir.parent, profile)
+        errors = [record.message for record in unreadable]
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
     if not records:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
     print(write_report(records, args.out, verdicts))
-    return 0
+    return 2 if errors else 0
 
 
 if __name__ == "__main__":

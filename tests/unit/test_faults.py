@@ -212,7 +212,7 @@ def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
     leftovers = sorted(p.name for p in path.parent.iterdir() if p != path)
     assert leftovers, "the paused writer must leave its temporary file, or the kill did not land inside a write"
     assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in leftovers), leftovers
-    assert read_records(tmp_path, "cpu") == {"hotswap_eager": old}
+    assert read_records(tmp_path, "cpu") == ({"hotswap_eager": old}, [])
 
 
 def test_a_cold_start_that_fails_in_its_child_process_says_which_start_and_why(tiny_cache):

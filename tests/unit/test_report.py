@@ -97,6 +97,21 @@ def test_cli_writes_the_report_with_verdicts(tmp_path, run, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
 
 
+def test_cli_reports_a_corrupt_baseline_and_still_writes_the_others_verdicts(tmp_path, run, capsys):
+    for rec in run.values():
+        write_record(tmp_path / "results", rec)
+        write_record(tmp_path / "baselines", rec)
+    (tmp_path / "baselines" / "h100" / "optimized.json").write_text('{"schema": 1, "profile": "h1')
+    assert main([str(tmp_path / "results" / "h100"), "--out", str(tmp_path / "out"),
+                 "--baselines", str(tmp_path / "baselines")]) == 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert table_row(report, "optimized")[0] == "optimized"
+    assert any(line.startswith("| optimized | record | error |") and "optimized.json is corrupt" in line
+               for line in report.splitlines())
+    assert any(line.startswith("| baseline | latency_median_s | ok |") for line in report.splitlines())
+    assert "optimized.json is corrupt" in capsys.readouterr().err
+
+
 def test_seed_table_sets_our_speedups_beside_the_seeds(run, tmp_path):
     text = write_report(run, tmp_path).read_text()
     seed_table = text.split("## Beside the seed's table")[1]
