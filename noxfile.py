@@ -3,7 +3,8 @@
 Sessions (``nox --list``); arguments after ``--`` go to pytest in every session of the run:
 
 - ``nox -s tests`` -- what CI runs (``.ci/run`` does the same without nox): ``pytest`` after
-  ``pip install torch==2.13.0 -e .[dev]``. ``nox -s tests -- tests/unit -q`` narrows it.
+  ``pip install -c constraints/known-good.txt -e .[dev]`` (the complete lock of the CPU CI environment, the one
+  the CPU baselines were recorded with). ``nox -s tests -- tests/unit -q`` narrows it.
 - ``nox -s "suite(pins='known-good')"``, ``nox -s "suite(pins='candidate')"`` (``nox -s suite``: both) --
   ``pytest tests/perf`` with the versions pinned in ``constraints/<pins>.txt``. Records land in
   ``.results/<pins>/<profile>/`` and stay there (each run first clears only that folder, so a gate never
@@ -40,8 +41,8 @@ nox.needs_version = ">=2025.2.9"  # session requires= (the gate's prerequisites)
 nox.options.sessions = ["tests"]  # bare `nox` runs what CI runs, never the heavy perf suites
 
 PYTHON = "3.11"  # the constraint sets were checked to install on 3.11
-CI_TORCH = "torch==2.13.0"  # the CPU build CI installs; matches constraints/known-good.txt
 PINS = ("known-good", "candidate")  # one constraints/<pins>.txt each
+KNOWN_GOOD = "constraints/known-good.txt"  # the complete lock of the CPU CI environment; .ci/run installs with it too
 DEFAULT_PROFILE = "cpu"
 RESULTS = Path(".results")
 GATE_REPORT = RESULTS / "upgrade-gate-report"  # under the git-ignored .results/
@@ -62,7 +63,7 @@ def profile_from(posargs: list[str]) -> str:
 @nox.session(python=PYTHON, reuse_venv=True)
 def tests(session: nox.Session) -> None:
     """CI's test command: pytest from the repo root; exit 5 (nothing collected) passes, as in .ci/run."""
-    session.install(CI_TORCH, "-e", ".[dev]")
+    session.install("-c", KNOWN_GOOD, "-e", ".[dev]")
     session.run("pytest", *session.posargs, success_codes=[0, 5])
 
 
@@ -97,7 +98,7 @@ def upgrade_gate(session: nox.Session) -> None:
     gets the whole package under the known-good pins, the trusted stack judging the new one.
     """
     profile = profile_from(session.posargs)
-    session.install("-c", "constraints/known-good.txt", "-e", ".[dev]")
+    session.install("-c", KNOWN_GOOD, "-e", ".[dev]")
     baseline, candidate = (RESULTS / p for p in PINS)
     session.run("python", "-m", "perf.report", str(candidate / profile), "--out", str(GATE_REPORT),
                 "--baselines", str(baseline))

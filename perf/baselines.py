@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -63,11 +64,25 @@ def record_path(root: Path, profile: str, recipe: str) -> Path:
     return Path(root) / profile / f"{recipe}.json"
 
 
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` should end with: its own when it exists, else what ``open`` would give a new
+    file (0o666 less the umask). mkstemp makes 0o600 files, which git records as a mode change of every baseline
+    a run rewrites, and which other users of a shared checkout or cache cannot read."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only way to read it; set straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one. The file
+    gets the mode a plain write would give it (a replaced file keeps its own)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -101,19 +116,45 @@ def thumbnail(image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndar
     return np.asarray(thumbnail_image(image, size), dtype=np.float32) / 255.0
 
 
-def save_thumbnail(image: np.ndarray, path: Path) -> None:
-    """A float [0, 1] HxWx3 image as a PNG no larger than THUMBNAIL pixels a side."""
+def png_bytes(pil: Image.Image) -> bytes:
+    """``pil`` as PNG bytes that depend on its pixels only: PIL writes no time or text chunk unless asked, and
+    the compression settings are fixed here rather than left to PIL's defaults."""
     import io
 
     buffer = io.BytesIO()
-    thumbnail_image(image).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    pil.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    from PIL import Image
+
+    with Image.open(path) as pil:
+        return pil.convert("RGB")
+
+
+def _within_one_level(path: Path, pil: Image.Image) -> bool:
+    """Whether the PNG at ``path`` has ``pil``'s size and no pixel more than one 8-bit level away from it."""
+    try:
+        old = np.asarray(_open_rgb(path), dtype=np.int16)
+    except OSError:  # missing or unreadable: write the new one
+        return False
+    new = np.asarray(pil.convert("RGB"), dtype=np.int16)
+    return old.shape == new.shape and int(np.abs(old - new).max(initial=0)) <= 1
+
+
+def save_thumbnail(image: np.ndarray, path: Path) -> None:
+    """A float [0, 1] HxWx3 image as a PNG no larger than THUMBNAIL pixels a side. An existing PNG within one
+    8-bit level of it everywhere is kept: re-recording a baseline then leaves rounding noise out of the git diff
+    (the fidelity checks' tolerances are far wider than one level)."""
+    pil = thumbnail_image(image)
+    if not _within_one_level(path, pil):
+        atomic_write_bytes(path, png_bytes(pil))
+
 
 
 def load_thumbnail(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(_open_rgb(path), dtype=np.float32) / 255.0
 
 
 def write_record(root: Path, record: dict[str, Any], images: dict[str, np.ndarray] | None = None,

@@ -21,9 +21,13 @@ from perf.cache import build_once
 from perf.errors import SuiteError
 
 SYNTHETIC_SEED = 0
-SYNTHETIC_VERSION = 1  # bump when the synthetic configs change, so stale caches are rebuilt
+SYNTHETIC_VERSION = 2  # bump when the synthetic configs change, so stale caches are rebuilt
 
 # FLUX.1-dev's component configs (black-forest-labs/FLUX.1-dev), and a tiny model of the same architecture.
+# The tiny T5 is as small as NF4 on a CPU allows: with AVX512-BF16, bitsandbytes repacks every 4-bit Linear
+# for its CPU kernel (``_convert_weight_packed_for_cpu``), which needs in-features a multiple of the 64-value
+# quantization block and out-features a multiple of 32. So d_model, num_heads * d_kv and d_ff are multiples of
+# 64, and the transformer's joint_attention_dim follows d_model (it reads T5's output).
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "transformer": dict(
@@ -49,7 +53,7 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "transformer": dict(
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
             axes_dims_rope=(4, 4, 8),
         ),
         "vae": dict(
@@ -62,7 +66,7 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
             hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
             max_position_embeddings=77, hidden_act="quick_gelu",
         ),
-        "t5": dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
                    relative_attention_num_buckets=8, is_gated_act=True, dense_act_fn="gelu_new"),
     },
 }

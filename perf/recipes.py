@@ -12,8 +12,11 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from perf.attention import fa4_installed
 from perf.errors import SuiteError
+from perf.models import CONFIGS
 from perf.profiles import ActiveProfile
 
 Attention = Literal["fa3", "fa4", "sdpa"]
@@ -195,16 +198,31 @@ def _installed(module: str) -> bool:
 
 
 @functools.cache
-def nf4_problem(device_type: str) -> str | None:
-    """Why bitsandbytes cannot NF4-quantize a tensor on this device type (its CPU backend is recent), or None."""
-    import torch
+def nf4_problem(device_type: str, size: str, dtype: torch.dtype) -> str | None:
+    """Why bitsandbytes cannot run the NF4 T5 of the ``size`` synthetic model on this device type, or None.
 
+    Probes what a build does, not a stand-in: one ``Linear4bit`` of each of the T5's Linear shapes, quantized
+    the way ``from_pretrained`` places it and called once in eval mode. On a CPU with AVX512-BF16 that call
+    repacks the weight for bitsandbytes' CPU kernel, which refuses some shapes; quantizing alone never got there.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    probing = "bitsandbytes"
     try:
-        import bitsandbytes.functional as bnb
+        import bitsandbytes as bnb
 
-        bnb.quantize_4bit(torch.randn(64, 64, device=device_type), quant_type="nf4")
-    except Exception as exc:  # an old bitsandbytes without a CPU backend raises its own error types
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        with torch.device("meta"):  # the shapes only: no memory, no init
+            t5 = T5EncoderModel(T5Config(**CONFIGS[size]["t5"]))
+        shapes = sorted({(m.in_features, m.out_features) for m in t5.modules() if isinstance(m, torch.nn.Linear)})
+        with torch.no_grad():
+            for in_features, out_features in shapes:
+                probing = f"Linear4bit({in_features}, {out_features})"
+                layer = bnb.nn.Linear4bit(in_features, out_features, quant_type="nf4", compute_dtype=dtype,
+                                          device=device_type)
+                layer.to(device_type).eval()(torch.randn(1, 2, in_features, device=device_type, dtype=dtype))
+    except Exception as exc:  # bitsandbytes raises its own error types (and asserts) on shapes and devices
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{probing}: {type(exc).__name__}: {message}"
     return None
 
 
@@ -227,9 +245,9 @@ def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
     if recipe.t5_nf4:
         if not _installed("bitsandbytes"):
             return "NF4 T5 needs bitsandbytes (pip install '.[gpu]')"
-        problem = nf4_problem(device.type)
+        problem = nf4_problem(device.type, profile.model_size, profile.dtype)
         if problem:
-            return f"NF4 T5: the installed bitsandbytes cannot quantize on {where}: {problem}"
+            return f"NF4 T5: the installed bitsandbytes cannot run the T5's 4-bit layers on {where}: {problem}"
     if recipe.fp8 and recipe.offload:
         return "the seed refuses FP8 with offload (torchao FP8 does not support offloading)"
     return None

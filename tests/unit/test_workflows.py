@@ -191,13 +191,14 @@ def test_every_referenced_perf_module_exists():
     )
 
 
-def test_constraint_sets_pin_different_torch_and_diffusers():
+def test_constraint_sets_pin_torch_and_diffusers_and_differ_in_one():
+    """A gate between two identical stacks could never see an upgrade's regression."""
     sets = {p.stem: read_pins(p) for p in sorted(CONSTRAINTS.glob("*.txt"))}
     assert {"known-good", "candidate"} <= sets.keys()
     for name, pins in sets.items():
         assert {"torch", "diffusers"} <= pins.keys(), f"{name}.txt must pin torch== and diffusers=="
-    for lib in ("torch", "diffusers"):
-        assert sets["known-good"][lib] != sets["candidate"][lib], f"both sets pin {lib}=={sets['candidate'][lib]}"
+    upgraded = [lib for lib in ("torch", "diffusers") if sets["known-good"][lib] != sets["candidate"][lib]]
+    assert upgraded, "candidate.txt pins the known-good torch and diffusers: nothing to gate"
 
 
 def test_each_constraint_set_has_a_suite_session():
@@ -207,10 +208,60 @@ def test_each_constraint_set_has_a_suite_session():
     assert sessions == {p.stem for p in CONSTRAINTS.glob("*.txt")}
 
 
-def test_ci_installs_the_known_good_torch():
-    """CI's CPU torch and the known-good pin must move together, or CI tests a stack nobody gates."""
-    ci_torch = re.search(r"torch==([\w.+]+)", CI_SCRIPT.read_text())
-    assert ci_torch and ci_torch[1] == read_pins(CONSTRAINTS / "known-good.txt")["torch"]
+def test_ci_and_nox_install_from_the_one_known_good_lock():
+    """CI, `nox -s tests` and the known-good suite install from one lock, or CI tests a stack nobody gates; a
+    version typed beside it (e.g. torch==) would be a second place to forget when the lock moves."""
+    lines = [line for line in CI_SCRIPT.read_text().splitlines() if not line.lstrip().startswith("#")]
+    ci_install = [line for line in lines if "pip install" in line]
+    assert ci_install and all("-c constraints/known-good.txt" in line for line in ci_install), ci_install
+    assert not any("==" in line for line in ci_install), f"pin versions in constraints/known-good.txt: {ci_install}"
+    noxfile = (ROOT / "noxfile.py").read_text()
+    assert 'KNOWN_GOOD = "constraints/known-good.txt"' in noxfile
+    assert 'session.install("-c", KNOWN_GOOD, "-e", ".[dev]")' in noxfile
+
+
+def unpinned(pins: dict[str, str]) -> list[str]:
+    """The distributions the CPU install pulls in (the package with its dev extra, dependencies of dependencies
+    included, read from the installed metadata) that ``pins`` lacks."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def key(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen, todo = set(), [("flux-lora-perf", frozenset({"dev"}))]
+    while todo:
+        name, extras = todo.pop()
+        for spec in metadata.requires(name) or []:
+            req = Requirement(spec)
+            wanted = not req.marker or any(req.marker.evaluate({"extra": e}) for e in extras | {""})
+            if wanted and (key(req.name), frozenset(req.extras)) not in seen:
+                seen.add((key(req.name), frozenset(req.extras)))
+                todo.append((key(req.name), frozenset(req.extras)))
+    return sorted({name for name, _ in seen} - {key(name) for name in pins})
+
+
+@pytest.fixture
+def cpu_torch():
+    import torch
+
+    if torch.version.cuda:
+        pytest.skip("a CUDA torch pulls in nvidia-* wheels, pinned by torch itself; the lock is the CPU install's")
+
+
+def test_known_good_lock_is_complete_for_the_cpu_install(cpu_torch):
+    """Every distribution the CPU install pulls in has an exact pin, so a fresh CI venv is the environment the
+    CPU baselines were recorded with."""
+    missing = unpinned(read_pins(CONSTRAINTS / "known-good.txt"))
+    assert not missing, f"constraints/known-good.txt lacks pins for {missing}: regenerate it (see its header)"
+
+
+def test_lock_check_sees_a_missing_transitive_pin(cpu_torch):
+    """Control for the test above: a lock without sympy (torch's dependency, not the package's) is incomplete."""
+    pins = read_pins(CONSTRAINTS / "known-good.txt")
+    pins.pop("sympy")
+    assert unpinned(pins) == ["sympy"]
 
 
 def test_ci_script_is_strict_and_executable():
