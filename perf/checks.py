@@ -17,27 +17,13 @@ import torch
 
 from perf.measure import PeakMemory
 from perf.recipes import Recipe
+from perf.tolerances import EFFECT_TOLERANCE
 
 SEPARATION = 2.0  # the other adapter's image must be this many tolerances away, or the check is vacuous
 
-SAME_NUMERICS_IMAGE_TOLERANCE = 0.012
-"""Images of one compiled recipe that should be the same (warm start vs cold start, an adapter met again in the
-churn): same graphs, same kernels, yet not bitwise repeatable from call to call. Measured on the H100
-(optimized_fullgraph_defaults, 1024², 28 steps): 0.0035 mean abs for a swap away and back, 0.0036 against a fresh
-compiled pipeline, 0.0039 churn revisit drift; the tolerance is 3x the largest. On CPU float32 they are equal."""
-
-
 def effect_tolerance(recipe: Recipe, dtype: torch.dtype) -> float:
-    """Largest error of the one-step swap check (``perf.probe``: the wrong part of the adapter's effect) that still
-    passes. float32 (CPU): compiled and eager agree to rounding (measured below 1e-5 on the tiny model), so 0.5% of
-    the effect is already a defect. bf16/FP8 GPUs: see ``EFFECT_TOLERANCE_GPU``."""
-    if dtype == torch.float32:
-        return 0.005
-    return EFFECT_TOLERANCE_GPU
-
-
-EFFECT_TOLERANCE_GPU = 0.05
-"""Provisional until the H100 A/A figures are in the calibration table: half of a 10% strength error."""
+    """The one-step swap check's tolerance for this recipe's numerics (``perf.tolerances``)."""
+    return EFFECT_TOLERANCE["float32" if dtype == torch.float32 else "gpu"]
 
 
 def output_tolerance(recipe: Recipe, dtype: torch.dtype) -> float:

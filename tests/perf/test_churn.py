@@ -5,7 +5,7 @@ latency (median, p95) and images per minute go into the record."""
 
 import pytest
 
-from perf.checks import SAME_NUMERICS_IMAGE_TOLERANCE
+from perf.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
 
 
 def test_lora_churn_never_recompiles_and_ends_on_the_right_adapter(case, suite):

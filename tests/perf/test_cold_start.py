@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from perf.checks import image_diff, output_tolerance
+from perf.checks import image_diff
+from perf.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
 
 
 def test_warm_start_loads_compiled_code_from_the_cache(case):
@@ -18,7 +19,7 @@ def test_warm_start_loads_compiled_code_from_the_cache(case):
     steady = statistics.median(step.generate_seconds for step in case.scenario.steps)
     case.record["cold_start"] = start.summary(steady)
     same = image_diff(start.images["warm"], start.images["cold"])
-    tolerance = output_tolerance(case.recipe, case.built.active.profile.dtype)
+    tolerance = SAME_NUMERICS_IMAGE_TOLERANCE
     case.add_check("warm_start_from_cache", start.warm.compiled_anew == 0 and start.warm.loaded_from_cache > 0,
                    cold_cache=start.cold.cache, warm_cache=start.warm.cache, warm_vs_cold=same.to_dict())
     assert start.cold.compiled_anew > 0 and start.cold.loaded_from_cache == 0, (
