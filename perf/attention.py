@@ -109,7 +109,7 @@ def quantize_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.cache
-def _fa3_op() -> Callable[..., torch.Tensor]:
+def fa3_op() -> Callable[..., torch.Tensor]:
     """FA3's ``flash_attn_func`` as a torch custom op: one opaque node in a compiled graph. The interface module
     is looked up at each call (a dict lookup), so the op serves whichever FA3 package this process has."""
 
@@ -142,7 +142,7 @@ def _register_fa3() -> None:
     """The suite's FA3 op in diffusers' FA3 slot (bf16) and FA3-hub slot (FP8, quantized on the way in)."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    fa3 = _fa3_op()
+    fa3 = fa3_op()
 
     def bf16_backend(query, key, value, attn_mask=None, scale=None, is_causal=False) -> torch.Tensor:
         _refuse_mask(attn_mask, is_causal, "FlashAttention-3")
@@ -200,7 +200,7 @@ def set_backend(transformer, backend: str) -> None:
         transformer.set_attention_backend(backend)
 
 
-def _run(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def run_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     if backend in SUITE_BACKENDS:
@@ -238,7 +238,7 @@ def check(backend: str, shape: tuple[int, int, int, int], device: str, max_error
     kernel raises or the error is above ``max_error``."""
     q, k, v = check_inputs(shape, device)
     try:
-        error = rel_error(_run(backend, q, k, v), reference(q, k, v))
+        error = rel_error(run_backend(backend, q, k, v), reference(q, k, v))
     except Exception as exc:
         raise AttentionCheckFailed(f"{backend} raised {type(exc).__name__}: {exc}") from exc
     if not error <= max_error:  # NaN fails too
@@ -280,7 +280,7 @@ def fastest_correct(
     if not correct:
         raise RuntimeError(f"no attention backend passed the numerical check: {errors}")
     q, k, v = check_inputs(shape, "cuda")
-    timings = interleaved_median_ms({b: functools.partial(_run, b, q, k, v) for b in correct}, rounds)
+    timings = interleaved_median_ms({b: functools.partial(run_backend, b, q, k, v) for b in correct}, rounds)
     best = min(timings, key=timings.get)
     return AttentionChoice(best, f"{KERNELS[best]} (fastest correct of {', '.join(correct)})", timings, errors)
 
