@@ -100,9 +100,10 @@ def quantize_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Dynamic per-(batch, head) amax scaling: each head's largest magnitude maps to e4m3's largest (448), computed
     from the tensor itself at every call. It needs no calibration data, and an adapter that changes activation
     ranges (every hot-swap does) cannot push values out of range or into e4m3's coarse subnormals; a per-head
-    scale also keeps a quiet head from being crushed by a loud one. The cost is one extra read of q, k and v
-    (the amax) and a cast; written in plain torch ops, outside the custom op, so Inductor fuses both into the
-    kernels that produce q, k and v (norm, rope) instead of launching kernels of their own."""
+    scale also keeps a quiet head out of the subnormals a loud head's scale would push it into. The cost is one
+    extra read of q, k and v (the amax must see a whole head before anything is cast); written in plain torch
+    ops, outside the custom op, so Inductor can fuse the amax into the kernels that produce q, k and v (norm,
+    rope) and the scale-and-cast into one pass, instead of launching kernels of their own."""
     amax = x.abs().amax(dim=(1, 3)).float().clamp(min=torch.finfo(torch.float32).tiny)
     scale = amax / E4M3_MAX
     return (x.float() / scale[:, None, :, None]).to(torch.float8_e4m3fn), scale
@@ -123,7 +124,8 @@ def fa3_op() -> Callable[..., torch.Tensor]:
         k_descale: torch.Tensor | None = None,
         v_descale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        flash_attn_func = importlib.import_module(fa3_module() or FA3_MODULES[0]).flash_attn_func
+        module = fa3_module() or FA3_MODULES[-1]  # none: the import error names the wheel's module
+        flash_attn_func = importlib.import_module(module).flash_attn_func
         out = flash_attn_func(
             query, key, value, softmax_scale=scale, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale
         )
