@@ -1,8 +1,8 @@
 """The one place a recipe is applied: ``build_pipeline(source, recipe, profile, pool)``.
 
 Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
-first LoRA -> CPU offload -> compile. Hot-swap must be enabled before the first adapter is loaded and before the
-transformer is compiled, or the second adapter recompiles.
+first LoRA -> CPU offload -> compile (and the VAE decoder, where the recipe asks). Hot-swap must be enabled
+before the first adapter is loaded and before the transformer is compiled, or the second adapter recompiles.
 
 Recipes made to fit a 24 GB card (offload or NF4 T5) are *staged*: loaded into CPU memory, T5 quantized at
 load, the transformer quantized layer by layer on the GPU, and only then placed on the GPU (or offloaded), as
@@ -123,6 +123,14 @@ def quantize_fp8(transformer, device: str | None = None, set_inductor_config: bo
     return "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) (= float8dq_e4m3_row)"
 
 
+def compile_vae_decoder(vae) -> str:
+    """The VAE decoder in channels-last memory format (the layout tensor-core convolutions take natively) and
+    compiled as one graph, as flux-fast does; LoRAs never touch the VAE, so a swap cannot recompile it."""
+    vae.to(memory_format=torch.channels_last)
+    vae.decoder.compile(fullgraph=True)
+    return "decoder channels_last, compiled fullgraph=True"
+
+
 def staged(recipe: Recipe) -> bool:
     """Recipes made for a small card load into CPU memory first and are placed once quantized/offloaded."""
     return recipe.offload or recipe.t5_nf4
@@ -178,6 +186,8 @@ def build_pipeline(
         else:
             pipe.transformer.compile_repeated_blocks(**compile_kwargs)
         facts["compile"] = f"{recipe.compile} fullgraph={fullgraph} mode={recipe.compile_mode or 'default'}"
+    if recipe.compile_vae:
+        facts["vae"] = compile_vae_decoder(pipe.vae)
     facts["compile_settings"] = compile_settings.in_effect()  # torchao's quantize_ may have changed them
     built.build_seconds = time.perf_counter() - started
     return built

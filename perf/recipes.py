@@ -14,12 +14,12 @@ from typing import Literal
 
 import torch
 
-from perf.attention import fa4_installed
+from perf.attention import fa3_installed, fa4_installed
 from perf.errors import SuiteError
 from perf.models import CONFIGS
 from perf.profiles import ActiveProfile
 
-Attention = Literal["fa3", "fa4", "sdpa"]
+Attention = Literal["fa3", "fa3_fp8", "fa4", "sdpa"]
 CompileScope = Literal["none", "full", "regional"]
 
 H100_PROFILES = ("cpu", "h100", "h200")
@@ -28,9 +28,11 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes tha
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a pipeline is optimized. ``attention="fa3"`` means FlashAttention-3 when installed, otherwise the
-    fastest FlashAttention-class kernel found on the device (the record names the kernel that ran);
-    ``attention="fa4"`` means FlashAttention-4's CuTe package (``flash-attn-4``) and nothing else."""
+    """How a pipeline is optimized. ``attention="fa3"`` means FlashAttention-3 when installed (and correct),
+    otherwise the fastest FlashAttention-class kernel found on the device (the record names the kernel that ran);
+    ``attention="fa4"`` means FlashAttention-4's CuTe package (``flash-attn-4``) and nothing else;
+    ``attention="fa3_fp8"`` means FlashAttention-3's FP8 kernel with dynamic per-head scales and nothing else.
+    ``compile_vae`` compiles the VAE decoder (channels-last, full graph), as flux-fast does."""
 
     name: str
     profiles: tuple[str, ...]
@@ -42,6 +44,7 @@ class Recipe:
     # tuning for the process (perf.compile_settings); False keeps Inductor at its defaults
     torchao_inductor_config: bool = True
     hotswap: bool = True
+    compile_vae: bool = False
     offload: bool = False
     t5_nf4: bool = False
     seed_flags: str = ""
@@ -72,7 +75,9 @@ class Recipe:
 
     def eager_reference(self) -> Recipe:
         """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against."""
-        return dataclasses.replace(self, name=f"{self.name}:reference", compile="none", hotswap=False)
+        return dataclasses.replace(
+            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False
+        )
 
 
 RECIPES: dict[str, Recipe] = {
@@ -156,6 +161,23 @@ RECIPES: dict[str, Recipe] = {
             "valid. Full graph: CUDA-graph trees over regional blocks fail (a block's input is an overwritten "
             "output of the previous graph)",
         ),
+        Recipe(
+            "optimized_fa3_fp8attn", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False,
+            note="optimized_fullgraph_defaults with FP8 attention: FlashAttention-3's e4m3 kernel, q/k/v scaled per "
+            "(batch, head) from their amax at every call (quantization fused by Inductor into the producers)",
+        ),
+        Recipe(
+            "optimized_vae", ("h100", "h200"), attention="fa3", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True,
+            note="optimized_fullgraph_defaults with the VAE decoder compiled (channels-last, full graph), as "
+            "flux-fast does",
+        ),
+        Recipe(
+            "optimized_fast", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True,
+            note="optimized_fullgraph_defaults with FP8 attention and the compiled VAE: the candidate best row",
+        ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(
             "rtx4090_offload", ("rtx4090",), hotswap=False, offload=True,
@@ -236,8 +258,10 @@ def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
             return f"FP8 needs a CUDA GPU of compute capability >= 8.9; {where} has none"
         if not _installed("torchao"):
             return "FP8 needs torchao (pip install '.[gpu]')"
-    if recipe.attention in ("fa3", "fa4") and (not profile.fa3 or cc < (9, 0)):
+    if recipe.attention in ("fa3", "fa3_fp8", "fa4") and (not profile.fa3 or cc < (9, 0)):
         return f"FA3-class attention needs a Hopper GPU (compute capability 9.0); {where} has none"
+    if recipe.attention == "fa3_fp8" and not fa3_installed():
+        return "FP8 attention needs FlashAttention-3, which is not installed (pip install '.[fa3]')"
     if recipe.attention == "fa4" and not fa4_installed():
         return "FlashAttention-4 is not installed (pip install flash-attn-4 nvidia-cutlass-dsl[cu13])"
     if recipe.offload and device.type != "cuda":
