@@ -408,7 +408,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-def validate_session(config: pytest.Config, params: list[tuple[str, str]]) -> None:
+def validate_session(config: pytest.Config, params: Iterable[tuple[str, str]]) -> None:
     """A mistake in the run's input stops it once (exit 4, one ``ERROR:`` line), before any test runs."""
     try:
         config.stash[SUITE].validate(params)
@@ -420,7 +420,7 @@ def validate_session(config: pytest.Config, params: list[tuple[str, str]]) -> No
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The input checked for the tests selected (xdist workers leave it to their controller)."""
     if worker_index() is None and not session.config.option.collectonly:
-        validate_session(session.config, [p for p in map(case_param, session.items) if p is not None])
+        validate_session(session.config, {p for p in map(case_param, session.items) if p is not None})
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -131,6 +131,13 @@ def test_kohya_file_diffusers_cannot_convert(tmp_path):
     assert f"LoRA {kohya}: diffusers cannot convert this kohya/other-format file (AssertionError)" in output
 
 
+def test_a_mistake_stops_a_run_over_several_workers_once(tmp_path):
+    """Under pytest-xdist the controller collects nothing: it checks before starting any worker."""
+    missing = tmp_path / "missing.safetensors"
+    output = refused(tmp_path, "-n", "2", *pool_args(lora_file(tmp_path / "a.safetensors"), missing))
+    assert f"LoRA {missing}: no such file" in output
+
+
 # --- the model -----------------------------------------------------------------------------------------------
 
 
