@@ -1,5 +1,6 @@
 """The LoRA pool: synthetic adapters of mixed ranks, alphas and target sets (or the user's files), and the
-hot-swap constraints checked up front so a bad adapter gives one clear error instead of a peft stack trace."""
+constraints checked up front (read as diffusers will load it, fits the model, can be hot-swapped) so a bad
+adapter gives one clear error instead of a peft stack trace or a silently empty load."""
 
 from __future__ import annotations
 
@@ -42,16 +43,31 @@ def synthetic_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
 
 
 @dataclass(frozen=True)
+class LoraLayer:
+    """One transformer module an adapter adapts, as diffusers will load it (its keys converted to peft format):
+    lora_A is (rank, in_features), lora_B (out_features, rank)."""
+
+    module: str
+    rank: int
+    in_features: int
+    out_features: int | None  # None: the file has no lora_B for it
+
+
+@dataclass(frozen=True)
 class LoraAdapter:
     """One adapter file and what it contains, read from its tensors (not trusted from a name)."""
 
     name: str
     path: Path
     rank: int
-    modules: frozenset[str]  # transformer module names it adapts
+    layers: frozenset[LoraLayer]  # the transformer modules it adapts
     text_encoder: bool  # has text-encoder weights (cannot be hot-swapped)
     prompt: str
     synthetic: bool
+
+    @property
+    def modules(self) -> frozenset[str]:
+        return frozenset(layer.module for layer in self.layers)
 
 
 @dataclass(frozen=True)
@@ -71,12 +87,13 @@ def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def _linear_shapes(size: str) -> dict[str, tuple[int, int]]:
-    """``linear_shapes`` of the transformer of ``size``, built on the meta device (no memory)."""
+def transformer_linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
+    """``linear_shapes`` of the FLUX transformer of ``config`` (its ``config.json``), built on the meta device:
+    no memory, and the same modules the real model has."""
     from diffusers import FluxTransformer2DModel
 
     with torch.device("meta"):
-        return linear_shapes(FluxTransformer2DModel(**CONFIGS[size]["transformer"]))
+        return linear_shapes(FluxTransformer2DModel.from_config(config))
 
 
 def _matches(module: str, targets: tuple[str, ...]) -> bool:
@@ -109,7 +126,7 @@ def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Pa
     """Save ``spec`` for the transformer of ``size`` as a diffusers LoRA (peft keys + adapter metadata)."""
     from diffusers import FluxPipeline
 
-    layers = lora_layers(spec, _linear_shapes(size))
+    layers = lora_layers(spec, transformer_linear_shapes(CONFIGS[size]["transformer"]))
     build_once(folder, WEIGHT_NAME, lambda staging: FluxPipeline.save_lora_weights(
         staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME,
         transformer_lora_adapter_metadata=lora_metadata(spec),
@@ -118,10 +135,32 @@ def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Pa
 
 
 def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) -> LoraAdapter:
-    """Read rank, adapted modules and text-encoder content from a LoRA safetensors file."""
-    from safetensors import safe_open
+    """Read a LoRA file as diffusers will load it: the transformer modules it adapts (with their shapes, to match
+    against the model), its rank and whether it has text-encoder weights. A file diffusers would load nothing
+    from is refused here: diffusers only warns (hidden by the suite's quieting) and every check goes vacuous."""
+    path = _single_file(Path(path))
+    _check_lora_tensors(path)
+    shapes = _diffusers_shapes(path)
+    layers = _transformer_layers(shapes)
+    if not layers:
+        found = sorted(shapes)
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise SuiteError(
+            f"LoRA {path}: diffusers would load none of its {len(found)} tensors into the FLUX transformer (it "
+            f"loads keys named transformer.<module>.lora_A/lora_B.weight, or kohya/xlabs keys it converts to "
+            f"those); found {shown}. Use an adapter saved with diffusers or peft for FluxPipeline"
+        )
+    text_encoder = any(k.startswith(TEXT_ENCODER_PREFIX) for k in shapes)
+    rank = max(layer.rank for layer in layers)
+    return LoraAdapter(name, path, rank, layers, text_encoder, prompt, synthetic)
 
-    path = Path(path)
+
+TRANSFORMER_PREFIX = "transformer."  # what FluxPipeline.load_lora_weights loads into the transformer
+TEXT_ENCODER_PREFIX = "text_encoder."
+
+
+def _single_file(path: Path) -> Path:
+    """``path`` itself, or the one safetensors file of a folder."""
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if len(files) != 1:
@@ -129,25 +168,59 @@ def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) ->
         path = files[0]
     if not path.is_file():
         raise SuiteError(f"LoRA {path}: no such file")
+    return path
+
+
+def _check_lora_tensors(path: Path) -> None:
+    """A readable safetensors file with LoRA weights in it: read from its header, before diffusers reads it
+    (whose errors for an empty or truncated file name neither the file nor the fix)."""
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+            keys = list(f.keys())
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
         raise SuiteError(
             f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated? Download or save it again"
         ) from exc
-    down = {k: s for k, s in shapes.items() if ".lora_A." in k or ".lora_down." in k}
-    if not down:
+    if not any(".lora_A." in k or ".lora_down." in k for k in keys):
         raise SuiteError(
-            f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(shapes)} tensors); pass a LoRA "
+            f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(keys)} tensors); pass a LoRA "
             "adapter file (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up weights)"
         )
-    text_encoder = any(k.startswith(("text_encoder", "lora_te")) for k in down)
-    modules = frozenset(
-        k.split(".lora_")[0].removeprefix("transformer.") for k in down if not k.startswith(("text_encoder", "lora_te"))
+
+
+def _diffusers_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The file's tensor shapes under the keys ``FluxPipeline.load_lora_weights`` uses: diffusers converts
+    kohya, xlabs and BFL formats to peft keys first. Its converters assume FLUX.1-dev's layer widths (a bare
+    ``AssertionError`` otherwise), so a file they refuse is named here, not met as a traceback in every test."""
+    from diffusers import FluxPipeline
+
+    try:
+        state = FluxPipeline.lora_state_dict(str(path))
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise SuiteError(
+            f"LoRA {path}: diffusers cannot convert this kohya/other-format file ({type(exc).__name__}"
+            f"{': ' + detail if detail else ''}); its converters expect FLUX.1-dev's layer widths: is it an "
+            "adapter for another model? Use an adapter made for this model, saved with diffusers or peft"
+        ) from None
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLayer]:
+    """The transformer modules of a peft-format state dict, with their lora_A/lora_B shapes."""
+    a_suffix, b_suffix = ".lora_A.weight", ".lora_B.weight"
+
+    def by_module(suffix: str) -> dict[str, tuple[int, ...]]:
+        return {k.removeprefix(TRANSFORMER_PREFIX).removesuffix(suffix): s for k, s in shapes.items()
+                if k.startswith(TRANSFORMER_PREFIX) and k.endswith(suffix)}
+
+    b = by_module(b_suffix)
+    return frozenset(
+        LoraLayer(module, int(a[0]), int(a[-1]), int(b[module][0]) if module in b else None)
+        for module, a in by_module(a_suffix).items()
     )
-    rank = max(int(s[0]) for s in down.values())
-    return LoraAdapter(name, path, rank, modules, text_encoder, prompt, synthetic)
 
 
 def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path) -> LoraPool:
@@ -203,7 +276,7 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
         raise LoraIncompatibleError(
             f"LoRA {candidate.name!r} has rank {candidate.rank} but hot-swap was prepared for rank {target_rank}: "
             f"enable_lora_hotswap(target_rank=...) must be at least the pool's max rank; pass --max-rank "
-            f"{candidate.rank} or leave it unset to use the pool's max rank"
+            f"{candidate.rank} or more, or leave it unset to use the pool's max rank"
         )
     extra = sorted(candidate.modules - first.modules)
     if extra:
@@ -219,3 +292,39 @@ def check_pool(pool: LoraPool, target_rank: int) -> None:
     """Every adapter fits the first one's hot-swap preparation."""
     for adapter in pool.adapters:
         check_hotswap(pool.adapters[0], adapter, target_rank)
+
+
+def hotswap_target_rank(pool: LoraPool, requested: int | None) -> int:
+    """The rank ``enable_lora_hotswap`` prepares for: ``requested`` (``--max-rank``) or the pool's max rank. A
+    requested rank below the pool's max cannot hold its biggest adapter."""
+    if requested is None:
+        return pool.max_rank
+    if requested < pool.max_rank:
+        biggest = max(pool.adapters, key=lambda a: a.rank)
+        raise LoraIncompatibleError(
+            f"--max-rank {requested} is below the LoRA pool's max rank {pool.max_rank} ({biggest.name!r}, "
+            f"{biggest.path}): hot-swap must be prepared for the biggest adapter; pass --max-rank "
+            f"{pool.max_rank} or more, or leave it unset to use the pool's max rank"
+        )
+    return requested
+
+
+def check_fits_model(adapter: LoraAdapter, shapes: dict[str, tuple[int, int]], model: str) -> None:
+    """Every module ``adapter`` adapts is a Linear of the model (``shapes``: (out, in) by name) of the same
+    width. Else diffusers loads part of it or none (only warning), or fails with a size mismatch in every test."""
+    missing = sorted(layer.module for layer in adapter.layers if layer.module not in shapes)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        share = "all" if len(missing) == len(adapter.layers) else f"{len(missing)}"
+        raise LoraIncompatibleError(
+            f"LoRA {adapter.path}: {share} of its {len(adapter.layers)} modules are not in {model} ({shown}), "
+            "so diffusers would not load them: an adapter for another model? Use an adapter made for this model"
+        )
+    for layer in sorted(adapter.layers, key=lambda layer: layer.module):
+        out_f, in_f = shapes[layer.module]
+        if layer.in_features != in_f or layer.out_features not in (None, out_f):
+            raise LoraIncompatibleError(
+                f"LoRA {adapter.path}: module {layer.module} is {layer.out_features}x{layer.in_features} "
+                f"(out x in) in the file but {out_f}x{in_f} in {model}: an adapter for another model? Use an "
+                "adapter made for this model"
+            )

@@ -119,7 +119,23 @@ def resolve_source(spec: str | None, default_size: str) -> ModelSource:
                 "diffusers folder or a hub id"
             )
         return ModelSource("pretrained", "full", str(path.resolve()))
+    if hub_file(spec, "model_index.json") is None:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise SuiteError(
+            f"--model {spec}: no such folder, and not in the local Hugging Face cache ({HF_HUB_CACHE}); the suite "
+            f"loads hub models from the cache: download it first (hf download {spec}) or give a local FLUX.1-dev "
+            "diffusers folder"
+        )
     return ModelSource("pretrained", "full", spec)
+
+
+def hub_file(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of hub model ``repo_id`` in the local Hugging Face cache, or None; never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found) if isinstance(found, str) else None
 
 
 def transformer_step_inputs(config: dict[str, Any], image_tokens: int, text_tokens: int, device: str = "cpu",

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,13 +26,14 @@ from perf.case import Case, CaseFailed, keep_record, open_case
 from perf.churn import churn_pool, churn_sequence
 from perf.coldstart import ColdStart, measure_cold_start
 from perf.errors import SuiteError
-from perf.loras import LoraPool, check_hotswap, check_pool, pool_for
+from perf.loras import LoraPool, hotswap_target_rank, pool_for
 from perf.measure import assert_no_leak
 from perf.models import ModelSource, resolve_source
 from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
-from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id
+from perf.validate import positive_int, validate_run
+from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id, worker_index
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
 LEAK_SLACK_GIB = 1.0  # allocator rounding and cuBLAS/cuDNN workspaces; a leaked pipeline is tens of GiB
@@ -61,11 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "deselected. Use it to split a profile's matrix across several GPU jobs.",
     )
     group.addoption(
-        "--max-rank", type=int, default=None,
-        help="hot-swap target rank passed to enable_lora_hotswap (default: the pool's max rank).",
+        "--max-rank", type=positive_int, default=None,
+        help="hot-swap target rank passed to enable_lora_hotswap, at least the pool's max rank (default: the "
+        "pool's max rank).",
     )
     group.addoption(
-        "--rounds", type=int, default=None,
+        "--rounds", type=positive_int, default=None,
         help="timed generations per recipe after warm-up (default: 5 on the tiny model, 3 at full size).",
     )
     group.addoption(
@@ -121,7 +124,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @dataclass
 class Suite:
-    """The session's resolved options; builds the model source, LoRA pool and cases on demand."""
+    """The session's resolved options; builds the model source, LoRA pool and cases on demand. ``validate``
+    checks them once before any test runs (``pytest_collection_finish``, or the xdist controller's
+    ``pytest_sessionstart``), so the cases never meet a user's mistake."""
 
     config: pytest.Config
     active: ActiveProfile | None
@@ -156,11 +161,12 @@ class Suite:
 
     @property
     def target_rank(self) -> int:
-        return self.option("--max-rank") or self.pool.max_rank
+        return hotswap_target_rank(self.pool, self.option("--max-rank"))
 
     @property
     def rounds(self) -> int:
-        return self.option("--rounds") or DEFAULT_ROUNDS[self.source.size]
+        rounds = self.option("--rounds")
+        return DEFAULT_ROUNDS[self.source.size] if rounds is None else rounds
 
     @property
     def results_dir(self) -> Path:
@@ -181,6 +187,16 @@ class Suite:
             return f"opt-in row ({recipe.note}); run it with --recipes {recipe.name}"
         return unsupported_reason(recipe, self.active)
 
+    def validate(self, params: Iterable[tuple[str, str]]) -> None:
+        """Raise ``SuiteError`` if the model, the LoRA pool or the options cannot serve the (profile, recipe)
+        cases of ``params`` that will run (nothing to check when none will: ``pytest tests/unit`` stays fast)."""
+        if self.active is None:
+            return
+        running = [get_recipe(name) for profile, name in params
+                   if self.skip_reason(profile, get_recipe(name)) is None]
+        if running:
+            validate_run(self.source, self.pool, self.option("--max-rank"), any(r.hotswap for r in running))
+
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
         baselines when updating) before the error reaches the tests."""
@@ -189,15 +205,9 @@ class Suite:
         reason = self.skip_reason(profile, recipe)
         if reason:
             pytest.skip(reason)
-        references = ()
-        if recipe.hotswap:
-            check_pool(self.pool, self.target_rank)
-            references = (self.pool.adapters[1],)
+        references = (self.pool.adapters[1],) if recipe.hotswap else ()
         if self.runs_churn(recipe):
-            churn = churn_sequence(self.churn_pool)
-            for adapter in churn:
-                check_hotswap(self.pool.adapters[0], adapter, self.target_rank)
-            references += (churn[-1],)
+            references += (churn_sequence(self.churn_pool)[-1],)
         cold_start = self.measure_cold_start(recipe) if recipe.serves_hotswap else None
         try:
             case = open_case(
@@ -409,23 +419,53 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 VERDICT = pytest.StashKey[list]()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def wanted_recipes(config: pytest.Config) -> set[str] | None:
+    """The recipe names ``--recipes`` keeps (validated in pytest_configure), or None: all."""
     wanted = config.getoption("--recipes")
-    if not wanted:
+    return {n.strip() for n in wanted.split(",") if n.strip()} if wanted else None
+
+
+def case_param(item: pytest.Item) -> tuple[str, str] | None:
+    """The (profile, recipe) a test runs: its shared case's, or its memory control's; None for other tests."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("case") or params.get("control")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    names = wanted_recipes(config)
+    if names is None:
         return
-    names = {n.strip() for n in wanted.split(",") if n.strip()}  # validated in pytest_configure
     keep, drop = [], []
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        param = params.get("case") or params.get("control")  # the shared case, or the memory control's
+        param = case_param(item)
         (drop if param is not None and param[1] not in names else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 
+def validate_session(config: pytest.Config, params: Iterable[tuple[str, str]]) -> None:
+    """A mistake in the run's input stops it once (exit 4, one ``ERROR:`` line), before any test runs."""
+    try:
+        config.stash[SUITE].validate(params)
+    except SuiteError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The input checked for the tests selected (xdist workers leave it to their controller)."""
+    if worker_index() is None and not session.config.option.collectonly:
+        validate_session(session.config, {p for p in map(case_param, session.items) if p is not None})
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STARTED] = time.perf_counter()
+    if is_controller(session.config):  # xdist's controller collects nothing: check every case --recipes keeps
+        names = wanted_recipes(session.config)
+        params = [p.values[0] for p in case_params() + case_params(memory_controls=True)]
+        validate_session(session.config, [p for p in params if names is None or p[1] in names])
 
 
 STARTED = pytest.StashKey[float]()

@@ -199,6 +199,9 @@ def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | 
     return path
 
 
+DEFAULT_OUT = Path(".results") / "report"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m perf.report",
@@ -207,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("records_dir", type=Path, metavar="RECORDS_DIR",
                         help="one profile's records of a run, e.g. .results/h100 (<recipe>.json files)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and the plots")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help=f"folder for report.md and the plots (default: {DEFAULT_OUT}/<RECORDS_DIR's name>, "
+                        "beside the run's results and never inside a baselines folder)")
     parser.add_argument("--baselines", type=Path, default=None, metavar="DIR",
                         help="baselines root (e.g. baselines): add the verdict table against "
                         "DIR/<profile>/, the profile being RECORDS_DIR's folder name")
@@ -225,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not records:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
-    print(write_report(records, args.out, verdicts))
+    print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))
     return 2 if errors else 0
 
 
