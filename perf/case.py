@@ -18,7 +18,6 @@ import torch
 from perf import compile_settings
 from perf.baselines import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
 from perf.builder import BuiltPipeline, build_pipeline
-from perf.checks import effect_tolerance
 from perf.churn import ChurnResult, run_churn
 from perf.coldstart import ColdStart
 from perf.errors import CompileBudgetExceeded, SuiteError
@@ -31,6 +30,7 @@ from perf.recipes import Recipe
 from perf.record import failure_record, latency_summary, make_record
 from perf.scenario import ScenarioResult, run_scenario
 from perf.settings import GenerationSettings
+from perf.tolerances import EFFECT_TOLERANCE
 
 
 class CaseFailed(SuiteError):
@@ -65,19 +65,18 @@ class Case:
 
     @property
     def effect_tolerance(self) -> float:
-        return effect_tolerance(self.recipe, self.built.active.profile.dtype)
+        return EFFECT_TOLERANCE
 
     @property
     def swap_error(self) -> float:
-        """The first swap's error in units of the adapter's effect (0: as if loaded into a fresh pipeline)."""
-        reference = self.swap_reference
-        return reference.error(self.scenario.steps_out[reference.adapter])
+        """The scenario's first swap, in units of the adapter's effect (0: as if loaded into a fresh pipeline)."""
+        return self.controls.reference.error(self.scenario.steps_out[self.swap_reference.adapter])
 
     @property
     def swap_back_error(self) -> float:
         """Adapter A after the swaps vs A before them, on the same probe, in units of the probe adapter's effect."""
         after = self.scenario.steps_out[self.built.first.name]
-        return float((after - self.scenario.warmup_step).norm()) / self.swap_reference.effect
+        return float((after - self.scenario.warmup_step).norm()) / self.controls.reference.effect
 
     def swap_check_summary(self) -> dict:
         """The swap checks' figures for the record: errors, tolerance, and the controls they must catch."""
@@ -85,7 +84,7 @@ class Case:
             "unit": "fraction of the adapter's effect on one denoising step (perf.probe)",
             "tolerance": self.effect_tolerance,
             "reference": self.swap_reference.adapter,
-            "effect_norm": self.swap_reference.effect,
+            "effect_norm": self.controls.reference.effect,
             "swap": self.swap_error,
             "swap_back": self.swap_back_error,
             "probe_recompiles": self.scenario.probe_recompiles,

@@ -17,13 +17,9 @@ import torch
 
 from perf.measure import PeakMemory
 from perf.recipes import Recipe
-from perf.tolerances import EFFECT_TOLERANCE
 
 SEPARATION = 2.0  # the other adapter's image must be this many tolerances away, or the check is vacuous
 
-def effect_tolerance(recipe: Recipe, dtype: torch.dtype) -> float:
-    """The one-step swap check's tolerance for this recipe's numerics (``perf.tolerances``)."""
-    return EFFECT_TOLERANCE["float32" if dtype == torch.float32 else "gpu"]
 
 
 def output_tolerance(recipe: Recipe, dtype: torch.dtype) -> float:

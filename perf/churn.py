@@ -4,6 +4,7 @@ as recompile-free as the first, and the last image must be the one a fresh pipel
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from perf.builder import BuiltPipeline
 from perf.checks import image_diff
 from perf.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
 from perf.measure import timed
-from perf.probe import StepReference, step_output
+from perf.probe import StepReference, same_numerics_reference, step_output
 from perf.watch import RecompileWatcher
 
 CHURN_SWAPS = 20
@@ -108,5 +109,9 @@ def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print,
                 f"{load_seconds:.2f}s, generate {generate_seconds:.2f}s, recompiles so far "
                 f"{sum(s.recompiles for s in steps)}"
             )
-    last_error = reference.error(step_output(built.pipe, reference.inputs)) if reference else None
+    last_error = None
+    if reference is not None:
+        with RecompileWatcher() as watcher:
+            last_error = same_numerics_reference(built, reference).error(step_output(built.pipe, reference.inputs))
+        steps[-1] = dataclasses.replace(steps[-1], recompiles=steps[-1].recompiles + watcher.count)
     return ChurnResult(steps, image, drift, last_error)

@@ -156,6 +156,12 @@ class Suite:
         """The churn's adapters: six synthetic ones of mixed ranks and targets, or the user's pool."""
         return self.pool if self.option("--lora") else churn_pool(self.source.size, self.cache)
 
+    @cached_property
+    def stored_baselines(self) -> tuple[dict[str, dict], list]:
+        """The baselines as they were when the session started: the verdict judges this run against them, also
+        when --update-baselines replaces them as each recipe finishes."""
+        return read_records(self.baselines_dir, self.active.name)
+
     def churn_sequence(self) -> list:
         return churn_sequence(self.churn_pool)
 
@@ -361,7 +367,7 @@ def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
     still judged, and the broken file is named with its fix)."""
     from perf.compare import any_error, any_regression, compare_records, format_table
 
-    stored, unreadable = read_records(suite.baselines_dir, suite.active.name)
+    stored, unreadable = suite.stored_baselines
     baselines = {name: stored[name] for name in suite.finished if name in stored}
     broken = [record for record in unreadable if record.recipe in suite.finished]
     if not baselines and not broken:
@@ -462,6 +468,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STARTED] = time.perf_counter()
+    suite = session.config.stash[SUITE]
+    if suite.active is not None:
+        suite.stored_baselines  # noqa: B018 - read now: --update-baselines rewrites them as recipes finish
     if is_controller(session.config):  # xdist's controller collects nothing: check every case --recipes keeps
         names = wanted_recipes(session.config)
         params = [p.values[0] for p in case_params() + case_params(memory_controls=True)]

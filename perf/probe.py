@@ -1,16 +1,20 @@
-"""Is the hot-swapped adapter the one that acts? One denoising step, measured in units of the adapter's effect.
+"""Is the hot-swapped adapter the one that acts? One denoising step, against a reference with the same numerics.
 
-A 28-step image from a compiled pipeline drifts from an eager one's (H100, full-graph FP8: 0.044 mean abs) by more
-than a 10% error in the adapter's strength moves it (0.017): an image check against an eager reference false-alarms
-and is blind at once. So the swap checks look at one transformer call instead, on inputs captured from a fresh
-eager pipeline that loaded the adapter directly (its first step: the seeded noise, its prompt's embeddings):
+A fresh *eager* pipeline is the wrong reference for a compiled one: on the H100 a compiled full-graph FP8 pipeline's
+28-step image drifts 0.044 (mean abs) from an eager one's, more than a 10% error in the adapter's strength moves it
+(0.017); one denoising step does not help, as FP8 activation quantization rounds differently from the first step
+(compiled vs eager: 55% of the adapter's effect on the optimized_fast row). So the reference runs the candidate's
+own compiled graph, fed with the LoRA state a fresh pipeline got by loading the adapter directly (no hot-swap):
+that state is copied in place into the candidate (padded to its hot-swap rank, as PEFT pads), the step is taken,
+and the swap's own state is put back. Compiled steps are repeatable bit for bit, so a correct swap reads 0 and
+any difference is the swap's:
 
-    error = ||candidate(x) - reference(x)|| / ||reference(x) - reference_without_lora(x)||
+    error = ||step(swapped) - step(fresh state)|| / ||step(fresh state) - step(no LoRA)||
 
-the part of the adapter's effect that is wrong. One step leaves compile drift no time to grow, and the unit makes
-the figure mean the same on every model and adapter: a strength off by 10% reads about 0.10, a swap that did not
-happen about 1 or more. Tolerances are in ``perf.checks``; the controls here (wrong strength, a swap that reached only
-some modules, no swap at all) are applied to the real candidate in place, measured, and undone.
+the part of the adapter's effect that is wrong: a strength off by 10% reads about 0.10, a swap that did not happen
+about 1 or more. The inputs are the fresh pipeline's first step (its seeded noise, its prompt's embeddings); the
+fresh pipeline's own eager step is kept as a figure for the record (``eager_error``). The controls (wrong strength,
+a swap that reached only some modules, no swap at all) are written into the real candidate the same way and undone.
 """
 
 from __future__ import annotations
@@ -37,22 +41,23 @@ class StepInputs:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()}
 
 
+LoraState = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]]  # module -> (A, B, scaling)
+
+
 @dataclass(frozen=True)
 class StepReference:
-    """A fresh eager pipeline's first step with the adapter loaded directly, and the same step without LoRA."""
+    """What a fresh eager pipeline that loaded the adapter directly leaves behind: the inputs of its first step,
+    its LoRA state (on the CPU, unpadded), and its own step with and without LoRA (eager numerics: a figure only)."""
 
     adapter: str
     inputs: StepInputs
-    output: torch.Tensor = field(repr=False)
-    without_lora: torch.Tensor = field(repr=False)
+    state: LoraState = field(repr=False)
+    eager_output: torch.Tensor = field(repr=False)
+    eager_without_lora: torch.Tensor = field(repr=False)
 
-    @property
-    def effect(self) -> float:
-        return float((self.output - self.without_lora).norm())
-
-    def error(self, output: torch.Tensor) -> float:
-        """The part of the adapter's effect that ``output`` gets wrong (0: exactly the reference)."""
-        return float((output - self.output).norm()) / self.effect
+    def eager_error(self, output: torch.Tensor) -> float:
+        """``output``'s distance from the eager step, in units of the adapter's eager effect."""
+        return float((output - self.eager_output).norm() / (self.eager_output - self.eager_without_lora).norm())
 
 
 def _cpu(value):
@@ -87,14 +92,17 @@ def step_output(pipe, inputs: StepInputs) -> torch.Tensor:
 
 
 def reference_step(pipe, inputs: StepInputs, adapter: str) -> StepReference:
-    """``pipe``'s step on ``inputs`` with its LoRA and with LoRA disabled (the adapter's effect is the difference)."""
+    """``pipe``'s LoRA state, and its step on ``inputs`` with its LoRA and with LoRA disabled."""
+    from perf.builder import HOTSWAP_ADAPTER
+
+    state = snapshot(lora_modules(pipe.transformer, HOTSWAP_ADAPTER), HOTSWAP_ADAPTER, device="cpu")
     output = step_output(pipe, inputs)
     pipe.transformer.disable_lora()
     try:
         without = step_output(pipe, inputs)
     finally:
         pipe.transformer.enable_lora()
-    return StepReference(adapter, inputs, output, without)
+    return StepReference(adapter, inputs, state, output, without)
 
 
 # --- the candidate's LoRA state, for the controls ---------------------------------------------------------------
@@ -107,30 +115,37 @@ def lora_modules(transformer: torch.nn.Module, adapter: str) -> dict[str, torch.
     return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
-LoraState = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]]
-
-
-def snapshot(modules: dict[str, torch.nn.Module], adapter: str) -> LoraState:
+def snapshot(modules: dict[str, torch.nn.Module], adapter: str, device: str | None = None) -> LoraState:
     """Copies of each layer's A, B and scaling: what a swap writes."""
     return {
-        name: (m.lora_A[adapter].weight.detach().clone(), m.lora_B[adapter].weight.detach().clone(),
-               _clone(m.scaling[adapter]))
+        name: (m.lora_A[adapter].weight.detach().to(device, copy=True),
+               m.lora_B[adapter].weight.detach().to(device, copy=True), _copy(m.scaling[adapter], device))
         for name, m in modules.items()
     }
 
 
-def _clone(value):
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+def _copy(value, device: str | None):
+    return value.detach().to(device, copy=True) if isinstance(value, torch.Tensor) else value
 
 
 def restore(modules: dict[str, torch.nn.Module], adapter: str, state: LoraState, only: set[str] | None = None) -> None:
-    """Copy ``state`` back into the layers (in place, as a hot-swap does, so compiled graphs see it)."""
-    for name, (a, b, scaling) in state.items():
+    """Write ``state`` into the layers in place, as a hot-swap does (compiled graphs read the same tensors): each
+    A and B into the first rows/columns of the layer's (possibly rank-padded) weights, zeros elsewhere, and layers
+    the state does not name set to no effect, as PEFT does for modules a swapped-in adapter lacks."""
+    for name, module in modules.items():
         if only is not None and name not in only:
             continue
-        module = modules[name]
-        module.lora_A[adapter].weight.data.copy_(a)
-        module.lora_B[adapter].weight.data.copy_(b)
+        a_out, b_out = module.lora_A[adapter].weight.data, module.lora_B[adapter].weight.data
+        if name not in state:
+            a_out.zero_()
+            b_out.zero_()
+            continue
+        a, b, scaling = state[name]
+        rank = a.shape[0]
+        a_out.zero_()
+        b_out.zero_()
+        a_out[:rank].copy_(a)
+        b_out[:, :rank].copy_(b)
         _set_scaling(module, adapter, scaling)
 
 
@@ -148,37 +163,77 @@ def scale_all(modules: dict[str, torch.nn.Module], adapter: str, state: LoraStat
         modules[name].lora_B[adapter].weight.data.copy_(b * factor)
 
 
+def zero_effect(modules: dict[str, torch.nn.Module], adapter: str) -> None:
+    for module in modules.values():
+        module.lora_B[adapter].weight.data.zero_()
+
+
+@dataclass(frozen=True)
+class SameNumerics:
+    """The candidate's step with the fresh pipeline's LoRA state, and with none: the check's reference and unit."""
+
+    output: torch.Tensor = field(repr=False)
+    without_lora: torch.Tensor = field(repr=False)
+
+    @property
+    def effect(self) -> float:
+        return float((self.output - self.without_lora).norm())
+
+    def error(self, output: torch.Tensor) -> float:
+        """The part of the adapter's effect that ``output`` gets wrong (0: exactly the fresh pipeline's state)."""
+        return float((output - self.output).norm()) / self.effect
+
+
+def same_numerics_reference(built, reference: StepReference) -> SameNumerics:
+    """Run the candidate's own graph with ``reference``'s state, then with no LoRA effect, and put its state back."""
+    from perf.builder import HOTSWAP_ADAPTER
+
+    modules = lora_modules(built.pipe.transformer, HOTSWAP_ADAPTER)
+    own = snapshot(modules, HOTSWAP_ADAPTER)
+    restore(modules, HOTSWAP_ADAPTER, reference.state)
+    output = step_output(built.pipe, reference.inputs)
+    zero_effect(modules, HOTSWAP_ADAPTER)
+    without = step_output(built.pipe, reference.inputs)
+    restore(modules, HOTSWAP_ADAPTER, own)
+    return SameNumerics(output, without)
+
+
 @dataclass(frozen=True)
 class ControlResult:
-    """The check's error under each defect, and graphs compiled while measuring them (must be 0)."""
+    """The check on one real swap, and its error under each defect written into the candidate (each must fail)."""
 
+    reference: SameNumerics = field(repr=False)
     correct: float  # the real swap, no defect
+    eager_error: float  # the same swap against the fresh pipeline's eager step (a figure: other numerics)
     scale: dict[float, float]  # strength error -> measured error
     partial: float  # the new adapter reached only PARTIAL_MODULE layers; the old one stayed elsewhere
     not_swapped: float  # the old adapter stayed everywhere
-    recompiles: int
+    recompiles: int  # graphs compiled while measuring (must be 0: every write is in place)
 
     def to_dict(self) -> dict:
-        return {"correct": self.correct, "scale": {str(k): v for k, v in self.scale.items()},
-                "partial": self.partial, "not_swapped": self.not_swapped, "recompiles": self.recompiles}
+        return {"correct": self.correct, "eager_error": self.eager_error,
+                "scale": {str(k): v for k, v in self.scale.items()}, "partial": self.partial,
+                "not_swapped": self.not_swapped, "recompiles": self.recompiles}
 
 
 def run_controls(built, reference: StepReference, target) -> ControlResult:
-    """Hot-swap ``built`` from its current adapter to ``target`` (the reference's adapter) as it always does, then
-    measure the check's error as it is and with each defect written in place, restoring the swap's state after
-    each. Ends with ``target`` active, as a plain swap would."""
+    """Hot-swap ``built`` from its current adapter to ``target`` (the reference's adapter) as it always does, take
+    the same-numerics reference, then measure the check's error as it is and with each defect written in place,
+    restoring the swap's state after each. Ends with ``target`` active, as a plain swap would."""
     from perf.builder import HOTSWAP_ADAPTER
 
     modules = lora_modules(built.pipe.transformer, HOTSWAP_ADAPTER)
     previous = snapshot(modules, HOTSWAP_ADAPTER)
-
-    def measured() -> float:
-        return reference.error(step_output(built.pipe, reference.inputs))
-
     with RecompileWatcher() as watcher:
         built.load_adapter(target)
         swapped = snapshot(modules, HOTSWAP_ADAPTER)
-        correct = measured()
+        same = same_numerics_reference(built, reference)
+
+        def measured() -> float:
+            return same.error(step_output(built.pipe, reference.inputs))
+
+        output = step_output(built.pipe, reference.inputs)
+        correct, eager = same.error(output), reference.eager_error(output)
         scale = {}
         for error in SCALE_ERRORS:
             scale_all(modules, HOTSWAP_ADAPTER, swapped, 1 - error)
@@ -190,4 +245,4 @@ def run_controls(built, reference: StepReference, target) -> ControlResult:
         restore(modules, HOTSWAP_ADAPTER, previous)
         not_swapped = measured()
         restore(modules, HOTSWAP_ADAPTER, swapped)
-    return ControlResult(correct, scale, partial_error, not_swapped, watcher.count)
+    return ControlResult(same, correct, eager, scale, partial_error, not_swapped, watcher.count)
