@@ -254,3 +254,14 @@ def test_module_entry_point_exits_one_on_regression(tmp_path):
                          capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
     assert run.returncode == 1, run.stderr
     assert "latency_median_s" in run.stdout
+
+
+@pytest.mark.parametrize(("baseline_db", "candidate_db", "expected"), [
+    (55.1, 52.97, "ok"),  # measured: optimized_fast on two fresh H100s, unchanged stack
+    (55.1, 26.2, "regressed"),  # another adapter's image (H100 thumbnails: 26.1-26.3 dB)
+    (55.1, 33.8, "regressed"),  # the FP8 compiled row's image where the bf16 row's was stored
+])
+def test_psnr_drops_count_only_below_the_visually_identical_floor(baseline_db, candidate_db, expected):
+    verdicts = verdicts_of(record(quality={"psnr_vs_reference": baseline_db}),
+                           record(quality={"psnr_vs_reference": candidate_db}))
+    assert verdicts["quality.psnr_vs_reference"] == expected
