@@ -185,15 +185,17 @@ def calibrate(runs_by_recipe: dict[str, list[Record]]) -> list[Calibration]:
 
 
 def collect(folders: Sequence[Path], profile: str) -> tuple[dict[str, list[Record]], list[dict[str, Any]]]:
-    """Completed records of ``profile`` in each folder (a results or baselines root), by recipe, and where each
-    came from."""
+    """Completed records of ``profile`` in each folder (a results or baselines root), by recipe, each run once,
+    and where each came from."""
     runs: dict[str, list[Record]] = {}
-    sources = []
+    sources, seen = [], set()
     for folder in folders:
         records, _ = read_records(folder, profile)
         for name, record in records.items():
-            if record.get("outcome", "completed") != "completed":
-                continue
+            key = (name, record.get("date"), record.get("commit"), record.get("device"), str(record.get("latency")))
+            if record.get("outcome", "completed") != "completed" or key in seen:
+                continue  # a run kept in two folders (results and baselines) is one run
+            seen.add(key)
             runs.setdefault(name, []).append(record)
             sources.append({"recipe": name, "folder": str(folder), **{k: record.get(k) for k in (
                 "date", "commit", "device", "emulated", "model_source", "command")}})

@@ -9,14 +9,13 @@ quality scores within tolerances. Verdicts are data; ``format_table`` prints the
 A record file that cannot be read is an "error" verdict for its recipe, never an exception that hides the rest.
 
 Calibration (seeded simulations in ``tests/unit/test_compare.py``, 4000 pairs each; noise is multiplicative
-log-normal, CV = coefficient of variation of one generation's time). At CV 1% the defaults flag 0 of 4000
-identical pairs as regressed and catch a true 5% slowdown 99.8% of the time with ``DEFAULT_ROUNDS`` = 5
-samples a side; with 3 a side (the GPU default) 0.1% and 98.7%. GPU runs show a spread within 0.5% of the
-median, so 1% CV leaves headroom. Both targets (false alarms <= 1%, a 5% slowdown caught >= 95%) are NOT
-reachable with 5 samples at 2% CV (the defaults: 0.9% false alarms, 79% caught; about 10 a side are needed)
-nor at 5% CV (about 60 a side): the median of 5 samples is itself too noisy. The ``cpu`` profile therefore
-uses a wider margin (``PROFILE_LATENCY_THRESHOLDS``): at 5% CV it false-alarms 0.2% of the time and catches a
-20% slowdown 98% of the time, but a 5% slowdown only 10% of the time.
+log-normal, CV = coefficient of variation of one generation's time), against what fresh H100s measured: within a
+run the samples spread under 1%, but between fresh machines the same code's baseline row moved by up to 2.4%
+(5.587, 5.688, 5.70, 5.72 s). With 3 samples a side at 1% CV the 3% margin flags such a 2.4% machine shift 0.5% of
+the time (the old 1.5% margin: 73%), identical pairs never, a true 7% slowdown 99.7% of the time and a 5% one
+77%: slowdowns under about 5% are below what one run on one fresh machine can tell from the machine. The ``cpu``
+profile uses a wider margin still (``PROFILE_LATENCY_THRESHOLDS``): at 5% CV it false-alarms 0.2% of the time and
+catches a 20% slowdown 98% of the time, but a 5% slowdown only 10% of the time.
 """
 
 from __future__ import annotations
@@ -41,9 +40,10 @@ meets both targets with margin (3 a side meets them only up to about 1% CV; more
 MIN_ROUNDS = 3
 """Below 3 samples a side the bootstrap median takes at most three values and the interval means nothing."""
 
-LATENCY_THRESHOLD = 0.015
-"""Margin on the median ratio: the interval must clear 1 +/- 1.5%. It absorbs small run-to-run drift (clocks,
-thermals) that the within-run samples cannot see, yet leaves room to catch a 5% slowdown with 5 or 3 rounds."""
+LATENCY_THRESHOLD = 0.03
+"""Margin on the median ratio: the interval must clear 1 +/- 3%. It absorbs the shift between fresh machines
+(up to 2.4% measured on the H100 baseline row) that the within-run samples cannot see, and still catches a 7%
+slowdown with 3 rounds (see the module docstring)."""
 
 PROFILE_LATENCY_THRESHOLDS = {"cpu": 0.60}
 """Wider margins for noisy devices. Within a run a shared CPU shows ~5% CV, but between runs of the same code

@@ -49,9 +49,15 @@ def test_identical_runs_rarely_alarm(rounds):
 
 
 @pytest.mark.parametrize("rounds", [DEFAULT_ROUNDS, 3])
-def test_true_five_percent_change_is_caught(rounds):
-    assert outcome_rates(rounds, GPU_CV, 1.05, LATENCY_THRESHOLD, seed=2)["regressed"] >= 0.95
-    assert outcome_rates(rounds, GPU_CV, 1 / 1.05, LATENCY_THRESHOLD, seed=3)["improved"] >= 0.95
+def test_true_seven_percent_change_is_caught(rounds):
+    assert outcome_rates(rounds, GPU_CV, 1.07, LATENCY_THRESHOLD, seed=2)["regressed"] >= 0.95
+    assert outcome_rates(rounds, GPU_CV, 1 / 1.07, LATENCY_THRESHOLD, seed=3)["improved"] >= 0.95
+
+
+@pytest.mark.parametrize("rounds", [DEFAULT_ROUNDS, 3])
+def test_the_shift_between_fresh_machines_rarely_alarms(rounds):
+    """The H100 baseline row measured 5.587 and 5.72 s on two fresh machines (2.4%), samples within 0.5%."""
+    assert outcome_rates(rounds, GPU_CV / 2, 1.024, LATENCY_THRESHOLD, seed=7)["regressed"] <= 0.01
 
 
 def test_gpu_margin_on_a_noisy_cpu_would_false_alarm():
