@@ -166,6 +166,38 @@ def plot_history(records: Records, history: list[dict[str, Any]], path: Path) ->
     fig.savefig(path, dpi=100)
 
 
+README_HEADER = ("recipe", "median (s)", "vs baseline row", "attention kernel", "peak reserved (GiB)", "recompiles",
+                 "commit", "date")
+
+
+def readme_table(records: Records) -> str:
+    """The README's results table: one line a completed recipe, from the stored records alone."""
+    rows = [
+        (recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"),
+         str((record.get("attention") or {}).get("kernel", "-")).split(" (fastest")[0],
+         _value(peak_memory_gib(record), ".1f"), str(record.get("recompiles_after_warmup", "-")),
+         str(record.get("commit", "-")), str(record.get("date", "-"))[:10])
+        for recipe, record in records.items() if record.get("outcome", COMPLETED) == COMPLETED
+    ]
+    return markdown_table(README_HEADER, rows)
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced by ``content``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{content}\n{end}{rest.split(end, 1)[1]}"
+
+
+def record_sources(records: Records) -> list[tuple[str, ...]]:
+    """Where each record came from: the run's date, commit, device and command."""
+    return [(recipe, str(r.get("date", "-")), str(r.get("commit", "-")),
+             f"{r.get('device', '-')}{' (emulated)' if r.get('emulated') else ''}", str(r.get("command", "-"))[-120:])
+            for recipe, r in records.items()]
+
+
 def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | None = None,
                  history: list[dict[str, Any]] | None = None) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; returns the report's path."""
@@ -176,6 +208,8 @@ def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | 
     beside_seed = seed_rows(records)
     if beside_seed:
         sections += ["## Beside the seed's table", markdown_table(SEED_HEADER, beside_seed)]
+    sections += ["## Records", markdown_table(("recipe", "date", "commit", "device", "command"),
+                                              record_sources(records))]
     if verdicts is not None:
         status = "**Regression found.**" if any_regression(verdicts) else "No regression."
         sections += ["## Verdict against the baselines", status, markdown_table(HEADER, verdict_rows(verdicts))]
@@ -216,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baselines", type=Path, default=None, metavar="DIR",
                         help="baselines root (e.g. baselines): add the verdict table against "
                         "DIR/<profile>/, the profile being RECORDS_DIR's folder name")
+    parser.add_argument("--readme", type=Path, default=None, metavar="FILE",
+                        help="instead of a report, rewrite FILE's block <!-- results:<profile>:start/end --> with "
+                        "the results table of RECORDS_DIR (e.g. baselines/h100 into README.md)")
     args = parser.parse_args(argv)
     profile = args.records_dir.name
     verdicts = None
@@ -230,7 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not records:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
-    print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))
+    if args.readme:
+        args.readme.write_text(replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records)))
+        print(f"{args.readme}: results:{profile} table rewritten from {args.records_dir}")
+    else:
+        print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))
     return 2 if errors else 0
 
 
