@@ -23,8 +23,9 @@ re-checks the installs; ``nox -R -s upgrade_gate`` skips the installs too; ``nox
 re-judges the records already in ``.results/`` without re-running the suites.
 
 Injected slowdown (proves the gate catches one): ``GATE_INJECT_CANDIDATE_DELAY_S=0.05 nox -s upgrade_gate``
-passes ``FLUX_LORA_PERF_INJECT_DELAY_S=0.05`` to the candidate suite only, so every candidate generation
-sleeps 50 ms and the gate must exit non-zero. An environment variable rather than a ``--`` flag because nox
+loads the test plugin ``tests/gate_slowdown.py`` (``-p tests.gate_slowdown``) into the candidate suite only, with
+``FLUX_LORA_PERF_INJECT_DELAY_S=0.05``, so every candidate generation sleeps 50 ms and the gate must exit non-zero
+(the library itself has no injection code). An environment variable rather than a ``--`` flag because nox
 hands the same posargs to every session of the run, and pytest would reject a gate-only flag. The known-good
 suite always runs with the injection removed, even if the caller exported ``FLUX_LORA_PERF_INJECT_DELAY_S``.
 """
@@ -46,7 +47,7 @@ KNOWN_GOOD = "constraints/known-good.txt"  # the complete lock of the CPU CI env
 DEFAULT_PROFILE = "cpu"
 RESULTS = Path(".results")
 GATE_REPORT = RESULTS / "upgrade-gate-report"  # under the git-ignored .results/
-INJECT_ENV = "FLUX_LORA_PERF_INJECT_DELAY_S"  # read by perf.builder: sleeps in every generation
+INJECT_ENV = "FLUX_LORA_PERF_INJECT_DELAY_S"  # read by the tests.gate_slowdown plugin: sleeps in every generation
 GATE_INJECT_ENV = "GATE_INJECT_CANDIDATE_DELAY_S"  # caller's knob: candidate side only
 
 
@@ -78,16 +79,18 @@ def suite(session: nox.Session, pins: str) -> None:
                 "diffusers.__version__)")
     session.env[INJECT_ENV] = None  # None removes it: known-good never inherits a slowdown
     delay = os.environ.get(GATE_INJECT_ENV)
+    inject = []
     if pins == "candidate" and delay:
         session.warn(f"{GATE_INJECT_ENV}={delay}: injecting a {delay}s slowdown into every candidate generation")
         session.env[INJECT_ENV] = delay
+        inject = ["-p", "tests.gate_slowdown"]
     shutil.rmtree(RESULTS / pins / profile, ignore_errors=True)
     args = list(session.posargs)
     if not any(a == "--profile" or a.startswith("--profile=") for a in args):
         args += ["--profile", profile]
     if not any(a.startswith("-m") for a in args):
         args += ["-m", profile]  # deselect other profiles' rows instead of listing them as skips
-    session.run("pytest", "tests/perf", "--results-dir", str(RESULTS / pins), *args)
+    session.run("python", "-m", "pytest", "tests/perf", *inject, "--results-dir", str(RESULTS / pins), *args)
 
 
 @nox.session(python=PYTHON, reuse_venv=True, requires=[f"suite(pins='{p}')" for p in PINS])

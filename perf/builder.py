@@ -11,7 +11,6 @@ the seed does. The bf16 pipeline (~33 GB) is never on the GPU at once.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from perf.recipes import Recipe
 from perf.settings import GenerationSettings
 
 HOTSWAP_ADAPTER = "default_0"  # the seed loads every adapter under one name when hot-swapping
-INJECT_DELAY_ENV = "FLUX_LORA_PERF_INJECT_DELAY_S"  # tests of the gate only: a slowdown it must catch
 
 
 @dataclass
@@ -77,13 +75,9 @@ class BuiltPipeline:
         """One full pipeline call (text encoding, denoising, VAE decode) -> HxWx3 float image in [0, 1]."""
         prompt = (adapter or self.current).prompt
         generator = torch.Generator("cpu").manual_seed(self.settings.seed)
-        image = self.pipe(
+        return self.pipe(
             prompt=prompt, generator=generator, output_type="np", **self.settings.pipeline_kwargs()
         ).images[0]
-        delay = float(os.environ.get(INJECT_DELAY_ENV, "0") or 0)
-        if delay:
-            time.sleep(delay)
-        return image
 
 
 def attention_shape(pipe, settings: GenerationSettings) -> tuple[int, int, int, int]:
