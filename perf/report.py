@@ -30,7 +30,6 @@ from perf.compare import (
     verdict_rows,
     warmup_seconds,
 )
-from perf.recipes import RECIPES
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
@@ -81,14 +80,19 @@ SEED_HEADER = ("recipe", "ours (s)", "ours vs our baseline", "seed (s)", "seed v
                "compile + warm-up (s)")
 
 
+def seed_seconds(record: dict[str, Any]) -> float | None:
+    """The seed's published s/image for the record's row, as the record's recipe carries it (no torch needed)."""
+    return (record.get("recipe") or {}).get("seed_seconds")
+
+
 def seed_rows(records: Records) -> list[tuple[str, ...]]:
     """Our rows beside the seed's published figures. Absolute times are not comparable (other GPU clocks,
     real vs synthetic weights, another torch); each speedup is relative to its own baseline."""
     reference = baseline_recipe(records)
-    seed_base = RECIPES[reference].seed_seconds if reference else None
+    seed_base = seed_seconds(records[reference]) if reference else None
     rows = []
     for recipe, record in records.items():
-        seed = RECIPES[recipe].seed_seconds if recipe in RECIPES else None
+        seed = seed_seconds(record)
         if seed is None:
             continue
         rows.append((
