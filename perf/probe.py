@@ -210,6 +210,11 @@ class ControlResult:
     not_swapped: float  # the old adapter stayed everywhere
     recompiles: int  # graphs compiled while measuring (must be 0: every write is in place)
 
+    def defects(self) -> dict[str, float]:
+        """The error each defect the check must catch reads."""
+        return {"strength off by 10%": self.scale[0.1], f"swap reached only {PARTIAL_MODULE}": self.partial,
+                "old adapter stayed": self.not_swapped}
+
     def to_dict(self) -> dict:
         return {"correct": self.correct, "eager_error": self.eager_error,
                 "scale": {str(k): v for k, v in self.scale.items()}, "partial": self.partial,

@@ -76,10 +76,10 @@ def test_out_of_memory_fails_only_its_variant_with_peak_figures_and_the_next_var
     pipeline already released; the next variant (baseline) then builds and runs its whole scenario."""
     run_scenario = perf.case.run_scenario
 
-    def scenario_out_of_memory_once(built, progress):
+    def scenario_out_of_memory_once(built, progress, probe=None):
         if built.recipe.name == "hotswap_eager":
             raise torch.OutOfMemoryError(OOM)
-        return run_scenario(built, progress)
+        return run_scenario(built, progress, probe)
 
     monkeypatch.setattr(perf.case, "run_scenario", scenario_out_of_memory_once)
     start = perf.measure.in_use_gib("cpu")

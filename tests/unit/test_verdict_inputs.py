@@ -83,7 +83,7 @@ def test_a_corrupt_record_of_the_run_itself_is_an_error(run, capsys):
 def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(run):
     baselines, _ = run
     finished = {recipe: h100_record(recipe, SAMPLES) for recipe in ("baseline", "optimized", "no_fp8")}
-    suite = SimpleNamespace(baselines_dir=baselines, active=SimpleNamespace(name="h100"), finished=finished)
+    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"), finished=finished)
     lines, failed = verdict_lines(suite)
     assert failed
     assert any(line.startswith("optimized") and "latency_median_s" in line and " ok " in line for line in lines)
@@ -92,7 +92,7 @@ def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(ru
 
 def test_the_plugin_verdict_passes_when_only_an_unrun_recipes_baseline_is_corrupt(run):
     baselines, _ = run
-    suite = SimpleNamespace(baselines_dir=baselines, active=SimpleNamespace(name="h100"),
+    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"),
                             finished={"optimized": h100_record("optimized", SAMPLES)})
     lines, failed = verdict_lines(suite)
     assert not failed
