@@ -1,4 +1,4 @@
-"""The one place a recipe is applied: ``build_pipeline(source, recipe, profile, pool)``.
+"""The one place a recipe is applied: ``build_pipeline(spec, recipe)``.
 
 Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
 first LoRA -> CPU offload -> compile (and the VAE decoder, where the recipe asks). Hot-swap must be enabled
@@ -25,6 +25,7 @@ from perf.loras import LoraAdapter, LoraPool, check_hotswap
 from perf.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
 from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
+from perf.run_spec import RunSpec
 from perf.settings import GenerationSettings
 
 HOTSWAP_ADAPTER = "default_0"  # the seed loads every adapter under one name when hot-swapping
@@ -36,12 +37,8 @@ class BuiltPipeline:
 
     pipe: object
     recipe: Recipe
-    active: ActiveProfile
-    source: ModelSource
-    pool: LoraPool
-    settings: GenerationSettings
+    spec: RunSpec
     attention: AttentionChoice
-    target_rank: int
     build_seconds: float = 0.0
     first: LoraAdapter | None = None
     current: LoraAdapter | None = None
@@ -50,7 +47,27 @@ class BuiltPipeline:
 
     @property
     def device_type(self) -> str:
-        return self.active.device.type
+        return self.spec.device_type
+
+    @property
+    def active(self) -> ActiveProfile:
+        return self.spec.active
+
+    @property
+    def source(self) -> ModelSource:
+        return self.spec.source
+
+    @property
+    def pool(self) -> LoraPool:
+        return self.spec.pool
+
+    @property
+    def settings(self) -> GenerationSettings:
+        return self.spec.settings
+
+    @property
+    def target_rank(self) -> int:
+        return self.spec.target_rank
 
     def load_adapter(self, adapter: LoraAdapter) -> None:
         """Hot-swap ``adapter`` in (recipes with hot-swap) or unload and load it as a new adapter (without)."""
@@ -135,18 +152,10 @@ def _offload_device(device: str) -> torch.device:
     return torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device(device)
 
 
-def build_pipeline(
-    source: ModelSource,
-    recipe: Recipe,
-    active: ActiveProfile,
-    pool: LoraPool,
-    settings: GenerationSettings,
-    cache: Path,
-    first: LoraAdapter | None = None,
-    target_rank: int | None = None,
-) -> BuiltPipeline:
-    """Build ``recipe`` on ``active``'s device with ``first`` (default: the pool's first adapter) loaded."""
+def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = None) -> BuiltPipeline:
+    """Build ``recipe`` for ``spec`` with ``first`` (default: the pool's first adapter) loaded."""
     started = time.perf_counter()
+    source, active, cache, settings = spec.source, spec.active, spec.cache, spec.settings
     device = active.device.type
     dtype = active.profile.dtype
     stage = staged(recipe)
@@ -164,12 +173,10 @@ def build_pipeline(
         facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)
     if stage and not recipe.offload:
         pipe.to(device)
-    built = BuiltPipeline(
-        pipe, recipe, active, source, pool, settings, attention, target_rank or pool.max_rank, facts=facts
-    )
+    built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts)
     if recipe.hotswap:
         pipe.enable_lora_hotswap(target_rank=built.target_rank)
-    built.load_adapter(first or pool.adapters[0])
+    built.load_adapter(first or spec.pool.adapters[0])
     if recipe.offload:
         pipe.enable_model_cpu_offload(device=_offload_device(device))
     if recipe.compiled:

@@ -21,15 +21,13 @@ from perf.builder import BuiltPipeline, build_pipeline
 from perf.churn import ChurnResult, run_churn
 from perf.coldstart import ColdStart
 from perf.errors import CompileBudgetExceeded, SuiteError
-from perf.loras import LoraAdapter, LoraPool
+from perf.loras import LoraAdapter
 from perf.measure import free_memory, in_use_gib, read_peak, reset_peak
-from perf.models import ModelSource
 from perf.probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
-from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
 from perf.record import failure_record, latency_summary, make_record
+from perf.run_spec import RunSpec
 from perf.scenario import ScenarioResult, run_scenario
-from perf.settings import GenerationSettings
 from perf.tolerances import EFFECT_TOLERANCE
 
 
@@ -129,32 +127,29 @@ def keep_record(record: dict, images: dict[str, np.ndarray], results_dir: Path, 
         write_record(baselines_dir, record, images, overwrite_foreign=overwrite_foreign)
 
 
-def _fresh_reference(source, recipe, active, pool, settings, cache, adapter) -> tuple[np.ndarray, StepReference]:
+def _fresh_reference(spec: RunSpec, recipe: Recipe, adapter: LoraAdapter) -> tuple[np.ndarray, StepReference]:
     """A fresh eager pipeline with ``adapter`` loaded directly: its image, and its first step with and without
     the adapter (the swap checks' reference)."""
-    reference = build_pipeline(source, recipe.eager_reference(), active, pool, settings, cache, first=adapter)
+    reference = build_pipeline(spec, recipe.eager_reference(), first=adapter)
     with capture_first_step(reference.pipe.transformer) as captured:
         image = reference.generate()
     step = reference_step(reference.pipe, captured[0], adapter.name)
     del reference
-    free_memory(active.device.type)
+    free_memory(spec.device_type)
     return image, step
 
 
 def open_case(
-    source: ModelSource,
+    spec: RunSpec,
     recipe: Recipe,
-    active: ActiveProfile,
-    pool: LoraPool,
-    settings: GenerationSettings,
-    cache: Path,
-    target_rank: int | None = None,
     progress: Callable[[str], None] = print,
     references: Sequence[LoraAdapter] | None = None,
 ) -> Case:
-    """Build ``recipe``, run the scenario and return its case; an out-of-memory becomes ``CaseFailed`` with
-    the peak figures, after the memory is freed, so the next recipe still runs. ``references``: adapters to make
-    a fresh eager image of first (default: the scenario's second adapter, for hot-swap recipes)."""
+    """Build ``recipe`` for ``spec``, run the scenario and return its case; an out-of-memory becomes
+    ``CaseFailed`` with the peak figures, after the memory is freed, so the next recipe still runs.
+    ``references``: adapters to make a fresh eager pipeline with first (default: the scenario's second adapter,
+    for hot-swap recipes)."""
+    active, pool = spec.active, spec.pool
     device = active.device.type
     start_gib = in_use_gib(device)
     reset_peak(device)  # an out-of-memory while building reports this recipe's peak, not an earlier one's
@@ -166,10 +161,9 @@ def open_case(
         fresh, steps = {}, {}
         for adapter in references:
             progress(f"[{recipe.name}] fresh eager pipeline with {adapter.name}, to check swaps against")
-            fresh[adapter.name], steps[adapter.name] = _fresh_reference(
-                source, recipe, active, pool, settings, cache, adapter)
-        progress(f"[{recipe.name}] building ({active.describe()}, {source.label}; LoRAs {pool.describe()})")
-        built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=target_rank)
+            fresh[adapter.name], steps[adapter.name] = _fresh_reference(spec, recipe, adapter)
+        progress(f"[{recipe.name}] building ({active.describe()}, {spec.source.label}; LoRAs {pool.describe()})")
+        built = build_pipeline(spec, recipe)
         swapped_to = pool.adapters[1]
         probe = steps[swapped_to.name].inputs if swapped_to.name in steps else None
         scenario = run_scenario(built, progress, probe)
@@ -197,4 +191,4 @@ def open_case(
     torch.compiler.reset()
     compile_settings.restore(settings_before)
     free_memory(device)
-    raise CaseFailed(message, failure_record(recipe, active, source, pool, settings, outcome, message, peak))
+    raise CaseFailed(message, failure_record(recipe, spec, outcome, message, peak))

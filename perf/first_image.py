@@ -17,6 +17,8 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from perf.run_spec import add_run_options  # noqa: E402
+
 
 def _process_age_s() -> float:
     """Seconds since this process started (Linux: from /proc, so the interpreter's own start counts too)."""
@@ -37,10 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--recipe", required=True, help="recipe name (perf/recipes.py)")
     parser.add_argument("--profile", default=None, help="hardware profile (default: detected; smaller = emulated)")
-    parser.add_argument("--model", default=None, help="model id or folder (default: the profile's synthetic model)")
-    parser.add_argument("--lora", action="append", default=[], help="LoRA file/folder/id; repeat (default: synthetic)")
-    parser.add_argument("--max-rank", type=int, default=None, help="hot-swap target rank (default: the pool's max)")
-    parser.add_argument("--perf-cache", default=None, help="suite cache folder (models, LoRAs)")
+    add_run_options(parser.add_argument)
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds the first generation may take (default: the profile's)")
     parser.add_argument("--image", type=Path, required=True, help="where to save the image (.npy)")
@@ -50,14 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from perf.budget import compile_budget
     from perf.builder import build_pipeline
-    from perf.cache import cache_dir
     from perf.errors import SuiteError
-    from perf.loras import pool_for
     from perf.measure import timed
-    from perf.models import resolve_source
     from perf.profiles import apply_memory_cap, resolve_profile
     from perf.recipes import get_recipe
-    from perf.settings import SETTINGS_BY_SIZE
+    from perf.run_spec import resolve_run
     from perf.watch import RecompileWatcher
 
     imported = _process_age_s()
@@ -68,12 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_memory_cap(active)
         budget = args.compile_budget or active.profile.compile_budget_s
         recipe = get_recipe(args.recipe)
-        cache = cache_dir(args.perf_cache)
-        source = resolve_source(args.model, active.profile.model_size)
-        pool = pool_for(args.lora, source.size, cache)
-        settings = SETTINGS_BY_SIZE[source.size]
+        spec = resolve_run(active, args.model, args.lora, args.max_rank, args.perf_cache)
         ready = _process_age_s()
-        built = build_pipeline(source, recipe, active, pool, settings, cache, target_rank=args.max_rank)
+        built = build_pipeline(spec, recipe)
         with RecompileWatcher() as watcher, compile_budget(budget, f"{recipe.name}: first generation"):
             first_image_s, image = timed(built.generate, active.device.type)
     except SuiteError as exc:  # bad input or a compile past its budget: one line, not a stack trace

@@ -26,12 +26,11 @@ from perf.case import Case, CaseFailed, keep_record, open_case
 from perf.churn import churn_pool, churn_sequence
 from perf.coldstart import ColdStart, measure_cold_start
 from perf.errors import SuiteError
-from perf.loras import LoraPool, hotswap_target_rank, pool_for
+from perf.loras import LoraPool
 from perf.measure import assert_no_leak
-from perf.models import ModelSource, resolve_source
 from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
-from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
+from perf.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
 from perf.validate import positive_int, validate_run
 from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id, worker_index
 
@@ -41,31 +40,16 @@ LEAK_SLACK_GIB = 1.0  # allocator rounding and cuBLAS/cuDNN workspaces; a leaked
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate")
+    add_run_options(group.addoption)
     group.addoption(
         "--profile", choices=sorted(PROFILES), default=None,
         help="hardware profile to run (default: detected from the device). A smaller profile on a bigger GPU is "
         "emulated: memory capped to its budget, FA3 off, records marked emulated.",
     )
     group.addoption(
-        "--model", default=None, metavar="ID_OR_PATH",
-        help="FLUX.1-dev hub id (from the local Hugging Face cache) or diffusers folder; default: the profile's "
-        "embedded synthetic model (synthetic-tiny on CPU, synthetic-full on GPUs). Also: synthetic-tiny, "
-        "synthetic-full.",
-    )
-    group.addoption(
-        "--lora", action="append", default=[], metavar="PATH_OR_ID",
-        help="LoRA adapter file, folder or hub id; repeat for a pool (the first must target the most modules). "
-        "Default: the synthetic pool of three adapters of rising rank.",
-    )
-    group.addoption(
         "--recipes", default=None, metavar="NAME,NAME",
         help="run only these recipes (comma-separated exact names, e.g. baseline,optimized); others are "
         "deselected. Use it to split a profile's matrix across several GPU jobs.",
-    )
-    group.addoption(
-        "--max-rank", type=positive_int, default=None,
-        help="hot-swap target rank passed to enable_lora_hotswap, at least the pool's max rank (default: the "
-        "pool's max rank).",
     )
     group.addoption(
         "--rounds", type=positive_int, default=None,
@@ -90,11 +74,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--overwrite-foreign-baselines", action="store_true",
         help="with --update-baselines: allow replacing a baseline recorded on another device or model source.",
-    )
-    group.addoption(
-        "--perf-cache", default=None, metavar="DIR",
-        help="folder for synthetic models, LoRAs and compile caches (default: $FLUX_LORA_PERF_CACHE or "
-        "~/.cache/flux-lora-perf). Never inside the source tree.",
     )
     group.addoption(
         "--clear-perf-cache", action="store_true",
@@ -136,25 +115,15 @@ class Suite:
         return self.config.getoption(name)
 
     @cached_property
-    def cache(self) -> Path:
-        return cache_dir(self.option("--perf-cache"))
-
-    @cached_property
-    def source(self) -> ModelSource:
-        return resolve_source(self.option("--model"), self.active.profile.model_size)
-
-    @cached_property
-    def settings(self) -> GenerationSettings:
-        return SETTINGS_BY_SIZE[self.source.size]
-
-    @cached_property
-    def pool(self) -> LoraPool:
-        return pool_for(self.option("--lora"), self.source.size, self.cache)
+    def spec(self) -> RunSpec:
+        """The run the options describe (``perf.run_spec``): built once, on first use."""
+        return resolve_run(self.active, *(self.option(name) for name in RUN_OPTIONS))
 
     @cached_property
     def churn_pool(self) -> LoraPool:
         """The churn's adapters: six synthetic ones of mixed ranks and targets, or the user's pool."""
-        return self.pool if self.option("--lora") else churn_pool(self.source.size, self.cache)
+        spec = self.spec
+        return spec.pool if self.option("--lora") else churn_pool(spec.source.size, spec.cache)
 
     @cached_property
     def stored_baselines(self) -> tuple[dict[str, dict], list]:
@@ -166,13 +135,9 @@ class Suite:
         return churn_sequence(self.churn_pool)
 
     @property
-    def target_rank(self) -> int:
-        return hotswap_target_rank(self.pool, self.option("--max-rank"))
-
-    @property
     def rounds(self) -> int:
         rounds = self.option("--rounds")
-        return DEFAULT_ROUNDS[self.source.size] if rounds is None else rounds
+        return DEFAULT_ROUNDS[self.spec.source.size] if rounds is None else rounds
 
     @property
     def results_dir(self) -> Path:
@@ -201,7 +166,8 @@ class Suite:
         running = [get_recipe(name) for profile, name in params
                    if self.skip_reason(profile, get_recipe(name)) is None]
         if running:
-            validate_run(self.source, self.pool, self.option("--max-rank"), any(r.hotswap for r in running))
+            spec = self.spec
+            validate_run(spec.source, spec.pool, spec.max_rank, any(r.hotswap for r in running))
 
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
@@ -211,15 +177,12 @@ class Suite:
         reason = self.skip_reason(profile, recipe)
         if reason:
             pytest.skip(reason)
-        references = (self.pool.adapters[1],) if recipe.hotswap else ()
+        references = (self.spec.pool.adapters[1],) if recipe.hotswap else ()
         if self.runs_churn(recipe):
             references += (churn_sequence(self.churn_pool)[-1],)
         cold_start = self.measure_cold_start(recipe) if recipe.serves_hotswap else None
         try:
-            case = open_case(
-                self.source, recipe, self.active, self.pool, self.settings, self.cache, self.target_rank,
-                self.progress, references,
-            )
+            case = open_case(self.spec, recipe, self.progress, references)
         except CaseFailed as failed:
             self.keep(failed.record, {})
             raise
@@ -236,10 +199,10 @@ class Suite:
         if self.option("--no-cold-start"):
             return None
         budget = self.active.profile.compile_budget_s
-        options = {"--model": self.option("--model"), "--lora": self.option("--lora"),
-                   "--max-rank": self.option("--max-rank"), "--perf-cache": self.cache, "--compile-budget": budget}
+        options = {**{name: self.option(name) for name in RUN_OPTIONS}, "--perf-cache": self.spec.cache,
+                   "--compile-budget": budget}
         try:
-            return measure_cold_start(recipe.name, self.active.name, self.cache, options,
+            return measure_cold_start(recipe.name, self.active.name, self.spec.cache, options,
                                       timeout_s=2 * (budget or 1800), progress=self.progress)
         except SuiteError as exc:
             return str(exc)

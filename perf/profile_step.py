@@ -28,14 +28,11 @@ import torch
 
 from perf import compile_settings
 from perf.builder import attention_shape, build_pipeline
-from perf.cache import cache_dir
-from perf.loras import synthetic_pool
 from perf.measure import synchronize, time_rounds
-from perf.models import resolve_source
-from perf.profiles import ActiveProfile, resolve_profile
+from perf.profiles import resolve_profile
 from perf.recipes import get_recipe
 from perf.record import identity
-from perf.settings import SETTINGS_BY_SIZE
+from perf.run_spec import RunSpec, add_run_options, resolve_run
 
 CATEGORIES = (  # first match wins; names are CUDA kernel names, lower-cased
     # Inductor names a fused kernel after the ops it absorbed: "..._scaled_mm__to_copy_amax_clamp..." is the FP8
@@ -137,18 +134,13 @@ def breakdown(kernels: dict[str, float], flops: dict[str, float]) -> dict[str, d
     return result
 
 
-def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = None, cache: Path | None = None,
-                   rounds: int = 3) -> dict:
-    """Build ``recipe_name`` as the suite does, warm it up through the pipeline, and measure where its time goes."""
-    active = active or resolve_profile(None)
-    cache = cache or cache_dir()
-    device_type = active.device.type
-    source = resolve_source(None, active.profile.model_size)
-    settings = SETTINGS_BY_SIZE[source.size]
-    pool = synthetic_pool(source.size, cache)
+def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) -> dict:
+    """Build ``recipe_name`` for ``spec`` as the suite does, warm it up through the pipeline, and measure where its
+    time goes."""
+    device_type, settings = spec.device_type, spec.settings
     started = time.perf_counter()
     recipe = get_recipe(recipe_name)
-    built = build_pipeline(source, recipe, active, pool, settings, cache)
+    built = build_pipeline(spec, recipe)
     pipe, cfg = built.pipe, built.pipe.transformer.config
     _, tokens, _, _ = attention_shape(pipe, settings)
     flops = step_flops(
@@ -158,7 +150,7 @@ def profile_recipe(recipe_name: str, out: Path, active: ActiveProfile | None = N
     path = out / f"profile-{recipe_name}.json"
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        **identity(recipe, active, source, pool, settings),  # device, versions, commit, command, as every record
+        **identity(recipe, spec),  # device, versions, commit, command, as every record
         "attention": {"kernel": built.attention.kernel, "timings_ms": built.attention.timings_ms,
                       "rel_errors": built.attention.rel_errors},
         "facts": built.facts,
@@ -217,10 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="recipe to build and profile on this device (repeatable; each is built in turn)")
     parser.add_argument("--out", type=Path, default=Path(".results/profiles"),
                         help="folder for profile-<recipe>.json (default: .results/profiles)")
+    add_run_options(parser.add_argument)
     args = parser.parse_args(argv)
+    spec = resolve_run(resolve_profile(None), args.model, args.lora, args.max_rank, args.perf_cache)
     for name in args.recipe:
         settings_before = compile_settings.snapshot()
-        result = profile_recipe(name, args.out)
+        result = profile_recipe(name, args.out, spec)
         step, floor = result["step"], result.get("floor", {})
         print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of kernels per step, {step['wall_ms']:.1f} ms wall; image "
               f"{statistics.median(result['image']['wall_s']):.3f} s, floor {floor.get('image_floor_s', 0):.2f} s")

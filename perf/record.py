@@ -15,11 +15,9 @@ from perf.baselines import COMPLETED, SCHEMA_VERSION, git_commit, library_versio
 from perf.builder import BuiltPipeline
 from perf.loras import LoraPool
 from perf.measure import PeakMemory
-from perf.models import ModelSource
-from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
+from perf.run_spec import RunSpec
 from perf.scenario import ScenarioResult
-from perf.settings import GenerationSettings
 from perf.workers import SESSION_ENV
 
 
@@ -63,20 +61,19 @@ def pool_entries(pool: LoraPool) -> list[dict[str, Any]]:
     ]
 
 
-def identity(
-    recipe: Recipe, active: ActiveProfile, source: ModelSource, pool: LoraPool, settings: GenerationSettings
-) -> dict[str, Any]:
+def identity(recipe: Recipe, spec: RunSpec) -> dict[str, Any]:
     """What a record is of: recipe, profile, device, model source, settings, pool, software, source commit."""
+    active = spec.active
     return {
         "schema": SCHEMA_VERSION,
         "profile": active.name,
         "emulated": active.emulated,
         "device": active.device.name,
         "memory_budget_gib": active.profile.memory_budget_gib,
-        "model_source": source.label,
+        "model_source": spec.source.label,
         "recipe": dataclasses.asdict(recipe),
-        "settings": settings.to_dict(),
-        "lora_pool": pool_entries(pool),
+        "settings": spec.settings.to_dict(),
+        "lora_pool": pool_entries(spec.pool),
         "versions": library_versions(),
         "python": sys.version.split()[0],
         "date": now_iso(),
@@ -88,14 +85,11 @@ def identity(
     }
 
 
-def failure_record(
-    recipe: Recipe, active: ActiveProfile, source: ModelSource, pool: LoraPool, settings: GenerationSettings,
-    outcome: str, error: str, peak: PeakMemory,
-) -> dict[str, Any]:
+def failure_record(recipe: Recipe, spec: RunSpec, outcome: str, error: str, peak: PeakMemory) -> dict[str, Any]:
     """The record of a recipe that did not complete (out of memory, over its compile budget): kept like any
     other, so the failure is data, not a lost row."""
     return {
-        **identity(recipe, active, source, pool, settings),
+        **identity(recipe, spec),
         "outcome": outcome,
         "error": error,
         "peak_memory": peak.to_dict(),
@@ -107,7 +101,7 @@ def failure_record(
 def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any]:
     """Everything known about a recipe's run once its scenario has run; tests add latency and checks."""
     return {
-        **identity(built.recipe, built.active, built.source, built.pool, built.settings),
+        **identity(built.recipe, built.spec),
         "outcome": COMPLETED,
         "attention": dataclasses.asdict(built.attention),
         "applied": built.facts,

@@ -26,7 +26,7 @@ def case_images(case):
 
 def test_quality_within_tolerance_of_baselines(case, suite):
     stored, why = stored_baseline(case, suite)
-    scorer = load_clip_scorer(suite.option("--clip-model"), suite.cache)
+    scorer = load_clip_scorer(suite.option("--clip-model"), suite.spec.cache)
     row_dir = suite.results_dir / case.built.active.name if "baseline" in suite.finished else None
     prompts = {a.name: a.prompt for a in case.built.pool.adapters}
     results = assess_images(case_images(case), prompts, case.recipe, scorer, stored,
@@ -48,7 +48,7 @@ def test_quality_gate_fails_the_wrong_adapter(case, suite):
     if len(names) < 2:
         pytest.skip(f"{case.recipe.name} has fewer than two adapters' references stored")
     right, wrong = names[0], names[1]
-    scorer = load_clip_scorer(suite.option("--clip-model"), suite.cache)
+    scorer = load_clip_scorer(suite.option("--clip-model"), suite.spec.cache)
     reference = suite.baselines_dir / case.built.active.name / stored["images"][right]
     prompt = next(a.prompt for a in case.built.pool.adapters if a.name == right)
     result = check_quality(images[wrong], prompt, reference, None, None, scorer, tolerance_for(case.recipe))

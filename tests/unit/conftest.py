@@ -12,6 +12,7 @@ from perf.cache import cache_dir
 from perf.loras import LoraPool, synthetic_pool
 from perf.models import ModelSource, resolve_source
 from perf.profiles import ActiveProfile, DeviceInfo, resolve_profile
+from perf.run_spec import RunSpec
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,9 @@ def tiny_source(cpu_profile: ActiveProfile) -> ModelSource:
 def tiny_pool(tiny_cache: Path) -> LoraPool:
     """style_a (r4, to_q/k/v/out.0), style_b (r8, to_q/k/v only), style_c (r16, to_q/k/v/out.0)."""
     return synthetic_pool("tiny", tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(cpu_profile: ActiveProfile, tiny_source: ModelSource, tiny_pool: LoraPool, tiny_cache: Path) -> RunSpec:
+    """The CPU run of the suite: tiny model, synthetic pool, the session's temporary cache."""
+    return RunSpec(cpu_profile, tiny_source, tiny_pool, tiny_cache)

@@ -4,6 +4,7 @@ shows one line instead of a peft or safetensors stack trace, and a pipeline that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from perf.loras import check_hotswap, inspect_lora
 from perf.models import resolve_source
 from perf.profiles import DeviceInfo, get_profile, resolve_profile
 from perf.recipes import get_recipe
-from perf.settings import TINY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0))
@@ -29,21 +29,19 @@ RTX6000_ADA = DeviceInfo("NVIDIA RTX 6000 Ada Generation", "cuda", 47.5, (8, 9))
 BIG_ADA = DeviceInfo("hypothetical 96 GiB Ada GPU", "cuda", 96.0, (8, 9))  # reaches the FA3 check past the budget
 
 
-def hotswap_pipeline(source, active, pool, cache, **kwargs) -> BuiltPipeline:
-    return build_pipeline(source, get_recipe("hotswap_eager"), active, pool, TINY_SETTINGS, cache, **kwargs)
+def hotswap_pipeline(spec, first=None) -> BuiltPipeline:
+    return build_pipeline(spec, get_recipe("hotswap_eager"), first=first)
 
 
 # --- LoRAs ---------------------------------------------------------------------------------------------------
 
 
-def test_lora_above_the_hotswap_target_rank_is_refused_and_the_pipeline_keeps_working(
-    tiny_source, cpu_profile, tiny_pool, tiny_cache
-):
+def test_lora_above_the_hotswap_target_rank_is_refused_and_the_pipeline_keeps_working(tiny_spec, tiny_pool):
     """A rank-16 adapter cannot be swapped into slots padded for rank 8: the error names both ranks and the
     option that fixes it, and is raised before peft touches the weights, so the next image is bitwise the one
     generated before the failed swap."""
     style_a, _, style_c = tiny_pool.adapters
-    built = hotswap_pipeline(tiny_source, cpu_profile, tiny_pool, tiny_cache, target_rank=8)
+    built = hotswap_pipeline(dataclasses.replace(tiny_spec, max_rank=8))
     before = built.generate()
 
     with pytest.raises(LoraIncompatibleError, match=r"rank 16 but hot-swap was prepared for rank 8.*--max-rank 16"):
@@ -54,12 +52,12 @@ def test_lora_above_the_hotswap_target_rank_is_refused_and_the_pipeline_keeps_wo
 
 
 def test_lora_targeting_modules_the_first_adapter_did_not_is_refused_and_the_pipeline_keeps_working(
-    tiny_source, cpu_profile, tiny_pool, tiny_cache
+    tiny_spec, tiny_pool
 ):
     """Hot-swap can only replace weights in modules the first adapter created: style_a adds to_out.0 to
     style_b's to_q/k/v, so swapping it in after style_b is refused, naming the module and the ordering fix."""
     style_a, style_b, _ = tiny_pool.adapters
-    built = hotswap_pipeline(tiny_source, cpu_profile, tiny_pool, tiny_cache, first=style_b)
+    built = hotswap_pipeline(tiny_spec, first=style_b)
     before = built.generate()
 
     with pytest.raises(

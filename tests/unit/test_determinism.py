@@ -9,16 +9,15 @@ import pytest
 from perf.builder import build_pipeline
 from perf.checks import image_diff
 from perf.recipes import get_recipe
-from perf.settings import TINY_SETTINGS
 from perf.watch import RecompileWatcher
 
 COMPILED_TOLERANCE = 1e-4  # mean abs, images in [0, 1]
 
 
 @pytest.fixture(scope="module")
-def build(tiny_source, cpu_profile, tiny_pool, tiny_cache):
+def build(tiny_spec):
     def run(recipe: str):
-        return build_pipeline(tiny_source, get_recipe(recipe), cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache)
+        return build_pipeline(tiny_spec, get_recipe(recipe))
 
     return run
 

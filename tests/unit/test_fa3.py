@@ -29,7 +29,6 @@ from perf.attention import (
 from perf.builder import build_pipeline
 from perf.profiles import ActiveProfile, DeviceInfo, get_profile
 from perf.recipes import get_recipe, unsupported_reason
-from perf.settings import TINY_SETTINGS
 
 SHAPE = (1, 64, 4, 16)  # (batch, seq, heads, head_dim); four heads, so a scale read for the wrong one shows
 HOPPER = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.2, (9, 0))
@@ -197,12 +196,11 @@ def test_fa3_stays_inside_one_full_graph_with_fp8_quantization_beside_it(backend
 # --- the recipe fields reach the builder -----------------------------------------------------------------------
 
 
-def test_fp8_attention_and_compiled_vae_fields_reach_the_pipeline(install_fa3, tiny_source, cpu_profile, tiny_pool,
-                                                                   tiny_cache):
+def test_fp8_attention_and_compiled_vae_fields_reach_the_pipeline(install_fa3, tiny_spec):
     install_fa3()
     recipe = dataclasses.replace(get_recipe("optimized_fast"), fp8=False, compile="none")  # no FP8 weights here
     assert recipe.attention == "fa3_fp8" and recipe.compile_vae
-    built = build_pipeline(tiny_source, recipe, cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache)
+    built = build_pipeline(tiny_spec, recipe)
     processors = [m.processor for m in built.pipe.transformer.modules() if hasattr(m, "processor")]
     assert processors and all(p._attention_backend == FA3_FP8_BACKEND for p in processors)
     assert built.attention.backend == FA3_FP8_BACKEND
@@ -214,8 +212,7 @@ def test_fp8_attention_and_compiled_vae_fields_reach_the_pipeline(install_fa3, t
     assert torch._dynamo.explain(decoder.forward)(latent).graph_break_count == 0  # fullgraph=True will hold
 
 
-def test_a_recipe_without_compile_vae_leaves_the_vae_eager(tiny_source, cpu_profile, tiny_pool, tiny_cache):
+def test_a_recipe_without_compile_vae_leaves_the_vae_eager(tiny_spec):
     """Negative control of the test above: the compiled VAE comes from the field, not from the builder."""
-    built = build_pipeline(tiny_source, get_recipe("hotswap_eager"), cpu_profile, tiny_pool, TINY_SETTINGS,
-                           tiny_cache)
+    built = build_pipeline(tiny_spec, get_recipe("hotswap_eager"))
     assert built.pipe.vae.decoder._compiled_call_impl is None and "vae" not in built.facts

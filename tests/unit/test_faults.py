@@ -26,7 +26,6 @@ from perf.baselines import read_records, record_path, write_record
 from perf.case import CaseFailed, open_case
 from perf.measure import assert_no_leak
 from perf.recipes import get_recipe
-from perf.settings import TINY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -37,10 +36,9 @@ def quiet(message: str) -> None:
 
 
 @pytest.fixture
-def open_tiny_case(tiny_source, cpu_profile, tiny_pool, tiny_cache):
+def open_tiny_case(tiny_spec):
     def run(recipe: str):
-        return open_case(tiny_source, get_recipe(recipe), cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache,
-                         progress=quiet)
+        return open_case(tiny_spec, get_recipe(recipe), progress=quiet)
 
     return run
 
@@ -117,7 +115,7 @@ def test_a_variant_whose_pipeline_outlives_its_release_is_reported_as_a_leak(dev
 
 
 def test_a_compile_past_its_budget_fails_its_variant_with_the_elapsed_time_and_the_next_variant_runs(
-    tiny_source, cpu_profile, tiny_pool, tiny_cache
+    tiny_spec, cpu_profile
 ):
     """A compile that hangs must not hold the job: past the profile's compile budget the variant fails, its
     record says ``over_compile_budget``, and the next variant runs. (The tiny compile takes seconds; 0.2 s is
@@ -125,12 +123,12 @@ def test_a_compile_past_its_budget_fails_its_variant_with_the_elapsed_time_and_t
     tight = dataclasses.replace(cpu_profile, profile=dataclasses.replace(cpu_profile.profile, compile_budget_s=0.2))
     with pytest.raises(CaseFailed, match=r"no_fa3_fp8: first generation: no result after \d+ s, past the compile "
                        r"budget of 0.2 s") as failed:
-        open_case(tiny_source, get_recipe("no_fa3_fp8"), tight, tiny_pool, TINY_SETTINGS, tiny_cache,
-                  progress=quiet, references=())
+        open_case(dataclasses.replace(tiny_spec, active=tight), get_recipe("no_fa3_fp8"), progress=quiet,
+                  references=())
     assert failed.value.record["outcome"] == "over_compile_budget"
     assert failed.value.record["recipe"]["name"] == "no_fa3_fp8"
 
-    case = open_case(tiny_source, get_recipe("baseline"), tight, tiny_pool, TINY_SETTINGS, tiny_cache, progress=quiet)
+    case = open_case(dataclasses.replace(tiny_spec, active=tight), get_recipe("baseline"), progress=quiet)
     assert len(case.scenario.steps) == 3
     case.release()
 
@@ -255,7 +253,7 @@ def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, m
     follower.release()
 
 
-def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_source, cpu_profile, tiny_pool, tiny_cache,
+def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_spec,
                                                                  monkeypatch):
     """The seed's rows quantize with torchao's Inductor settings; ``optimized_fullgraph_defaults`` (and the CUDA
     graph row built on it) without them, the fix for the full-graph FP8 compile that did not finish."""
@@ -270,5 +268,5 @@ def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_source, cpu
     monkeypatch.setattr("perf.builder.quantize_fp8", quantize)
     for name in ("optimized", "optimized_fullgraph_defaults", "optimized_cudagraphs"):
         eager = dataclasses.replace(get_recipe(name), attention="sdpa", compile="none")
-        build_pipeline(tiny_source, eager, cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache)
+        build_pipeline(tiny_spec, eager)
     assert asked == [True, False, False]

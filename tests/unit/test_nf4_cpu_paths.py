@@ -69,10 +69,9 @@ def packed_flags(model: torch.nn.Module) -> set[bool]:
     }
 
 
-def test_t5_nf4_recipe_builds_and_generates_on_either_cpu_path(packed, tiny_source, cpu_profile, tiny_pool,
-                                                               tiny_cache):
+def test_t5_nf4_recipe_builds_and_generates_on_either_cpu_path(packed, tiny_spec, cpu_profile):
     assert unsupported_reason(get_recipe("t5_nf4"), cpu_profile) is None
-    built = build_pipeline(tiny_source, get_recipe("t5_nf4"), cpu_profile, tiny_pool, TINY_SETTINGS, tiny_cache)
+    built = build_pipeline(tiny_spec, get_recipe("t5_nf4"))
     image = built.generate()
     assert packed_flags(built.pipe.text_encoder_2) == {packed}, "the forced path is not the one that ran"
     assert image.shape == (TINY_SETTINGS.height, TINY_SETTINGS.width, 3) and np.isfinite(image).all()
