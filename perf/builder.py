@@ -21,9 +21,8 @@ import torch
 from perf import compile_settings
 from perf.attention import AttentionChoice, choose_attention, set_backend
 from perf.cache import build_once
-from perf.loras import LoraAdapter, LoraPool, check_hotswap
+from perf.loras import LoraAdapter, check_hotswap
 from perf.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
-from perf.profiles import ActiveProfile
 from perf.recipes import Recipe
 from perf.run_spec import RunSpec
 from perf.settings import GenerationSettings
@@ -49,36 +48,16 @@ class BuiltPipeline:
     def device_type(self) -> str:
         return self.spec.device_type
 
-    @property
-    def active(self) -> ActiveProfile:
-        return self.spec.active
-
-    @property
-    def source(self) -> ModelSource:
-        return self.spec.source
-
-    @property
-    def pool(self) -> LoraPool:
-        return self.spec.pool
-
-    @property
-    def settings(self) -> GenerationSettings:
-        return self.spec.settings
-
-    @property
-    def target_rank(self) -> int:
-        return self.spec.target_rank
-
     def load_adapter(self, adapter: LoraAdapter) -> None:
         """Hot-swap ``adapter`` in (recipes with hot-swap) or unload and load it as a new adapter (without)."""
         pipe = self.pipe
         if self.current is None:
             if self.recipe.hotswap:
-                check_hotswap(adapter, adapter, self.target_rank)
+                check_hotswap(adapter, adapter, self.spec.target_rank)
             pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER)
             self.first = adapter
         elif self.recipe.hotswap:
-            check_hotswap(self.first, adapter, self.target_rank)
+            check_hotswap(self.first, adapter, self.spec.target_rank)
             pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER, hotswap=True)
         else:
             pipe.unload_lora_weights()
@@ -91,9 +70,9 @@ class BuiltPipeline:
     def generate(self, adapter: LoraAdapter | None = None) -> np.ndarray:
         """One full pipeline call (text encoding, denoising, VAE decode) -> HxWx3 float image in [0, 1]."""
         prompt = (adapter or self.current).prompt
-        generator = torch.Generator("cpu").manual_seed(self.settings.seed)
+        generator = torch.Generator("cpu").manual_seed(self.spec.settings.seed)
         return self.pipe(
-            prompt=prompt, generator=generator, output_type="np", **self.settings.pipeline_kwargs()
+            prompt=prompt, generator=generator, output_type="np", **self.spec.settings.pipeline_kwargs()
         ).images[0]
 
 
@@ -175,7 +154,7 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
         pipe.to(device)
     built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts)
     if recipe.hotswap:
-        pipe.enable_lora_hotswap(target_rank=built.target_rank)
+        pipe.enable_lora_hotswap(target_rank=built.spec.target_rank)
     built.load_adapter(first or spec.pool.adapters[0])
     if recipe.offload:
         pipe.enable_model_cpu_offload(device=_offload_device(device))

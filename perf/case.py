@@ -59,7 +59,7 @@ class Case:
     @property
     def swap_reference(self) -> StepReference:
         """The scenario's first swap target's fresh eager step: the probe every swap check is measured on."""
-        return self.references[self.built.pool.adapters[1].name]
+        return self.references[self.built.spec.pool.adapters[1].name]
 
     @property
     def effect_tolerance(self) -> float:

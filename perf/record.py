@@ -105,7 +105,7 @@ def make_record(built: BuiltPipeline, scenario: ScenarioResult) -> dict[str, Any
         "outcome": COMPLETED,
         "attention": dataclasses.asdict(built.attention),
         "applied": built.facts,
-        "target_rank": built.target_rank if built.recipe.hotswap else None,
+        "target_rank": built.spec.target_rank if built.recipe.hotswap else None,
         "build_seconds": built.build_seconds,
         "compile": {
             "scope": built.recipe.compile,

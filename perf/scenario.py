@@ -55,7 +55,7 @@ class ScenarioResult:
 def swap_sequence(built: BuiltPipeline) -> list[LoraAdapter]:
     """B, C, ... then back to A: at least three swaps across different ranks. A recipe that recompiles on
     every new adapter needs only one swap to show it (each costs a full compile on a GPU)."""
-    first, *others = built.pool.adapters
+    first, *others = built.spec.pool.adapters
     return others[:1] if built.recipe.expects_recompiles else [*others, first]
 
 
@@ -64,7 +64,7 @@ def run_scenario(built: BuiltPipeline, progress=print, probe: StepInputs | None 
     reset_peak(device)
     first = built.current
     progress(f"[{built.recipe.name}] warm-up on {first.name} (r{first.rank}); compile happens here")
-    budget = built.active.profile.compile_budget_s if built.recipe.compiled else None
+    budget = built.spec.active.profile.compile_budget_s if built.recipe.compiled else None
     with RecompileWatcher() as warm, compile_budget(budget, f"{built.recipe.name}: first generation"):
         warmup_seconds, warmup_image = timed(built.generate, device)
     probe_recompiles = 0

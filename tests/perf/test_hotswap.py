@@ -81,15 +81,15 @@ def test_generation_latency(benchmark, case, suite):
     round (untimed), so the timing also proves a swap costs no recompile; others keep their adapter."""
     built = case.built
     device = built.device_type
-    rotation = itertools.cycle(built.pool.adapters)
+    rotation = itertools.cycle(built.spec.pool.adapters)
 
     def next_adapter():
         built.load_adapter(next(rotation))
         synchronize(device)
 
     benchmark.extra_info.update(
-        recipe=case.recipe.name, profile=built.active.name, emulated=built.active.emulated,
-        device=built.active.device.name, model_source=built.source.label, attention=built.attention.kernel,
+        recipe=case.recipe.name, profile=built.spec.active.name, emulated=built.spec.active.emulated,
+        device=built.spec.active.device.name, model_source=built.spec.source.label, attention=built.attention.kernel,
         compile_warmup_s=case.scenario.warmup_seconds, versions=case.record["versions"],
         peak_memory=case.record["peak_memory"],
     )

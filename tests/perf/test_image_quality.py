@@ -12,7 +12,7 @@ from perf.quality import assess_images, check_quality, load_clip_scorer, summari
 def stored_baseline(case, suite):
     """The stored record of this (profile, recipe), or None with the reason it cannot serve."""
     try:
-        stored = read_record(record_path(suite.baselines_dir, case.built.active.name, case.recipe.name))
+        stored = read_record(record_path(suite.baselines_dir, case.built.spec.active.name, case.recipe.name))
     except BaselineError as exc:
         return None, str(exc)
     reason = comparable(stored, case.record)
@@ -27,10 +27,10 @@ def case_images(case):
 def test_quality_within_tolerance_of_baselines(case, suite):
     stored, why = stored_baseline(case, suite)
     scorer = load_clip_scorer(suite.option("--clip-model"), suite.spec.cache)
-    row_dir = suite.results_dir / case.built.active.name if "baseline" in suite.finished else None
-    prompts = {a.name: a.prompt for a in case.built.pool.adapters}
+    row_dir = suite.results_dir / case.built.spec.active.name if "baseline" in suite.finished else None
+    prompts = {a.name: a.prompt for a in case.built.spec.pool.adapters}
     results = assess_images(case_images(case), prompts, case.recipe, scorer, stored,
-                            suite.baselines_dir / case.built.active.name, row_dir)
+                            suite.baselines_dir / case.built.spec.active.name, row_dir)
     case.record["quality"] = summarize(results)
     failures = [f"{adapter}: {msg}" for adapter, r in results.items() for msg in r.failures]
     case.add_check("quality", not failures, stored_baseline=why or "compared")
@@ -49,8 +49,8 @@ def test_quality_gate_fails_the_wrong_adapter(case, suite):
         pytest.skip(f"{case.recipe.name} has fewer than two adapters' references stored")
     right, wrong = names[0], names[1]
     scorer = load_clip_scorer(suite.option("--clip-model"), suite.spec.cache)
-    reference = suite.baselines_dir / case.built.active.name / stored["images"][right]
-    prompt = next(a.prompt for a in case.built.pool.adapters if a.name == right)
+    reference = suite.baselines_dir / case.built.spec.active.name / stored["images"][right]
+    prompt = next(a.prompt for a in case.built.spec.pool.adapters if a.name == right)
     result = check_quality(images[wrong], prompt, reference, None, None, scorer, tolerance_for(case.recipe))
     assert not result.passed, (
         f"the image of {wrong} passed as {right}: PSNR {result.psnr_vs_reference:.1f} dB, "

@@ -11,7 +11,7 @@ from perf.plugin import case_params
 
 
 def test_peak_memory_within_budget(case):
-    profile = case.built.active.profile
+    profile = case.built.spec.active.profile
     peak = case.scenario.peak
     if profile.memory_budget_gib is None or peak.kind != "cuda":
         pytest.skip(f"profile {profile.name} has no GPU memory budget (CPU peak RSS is recorded, not gated)")
@@ -30,8 +30,8 @@ def test_bf16_pipeline_without_offload_breaks_the_budget(control, suite):
         assert failed.record["outcome"] == OUT_OF_MEMORY
         return
     try:
-        budget = case.built.active.profile.memory_budget_gib
-        problem = over_budget(case.scenario.peak, budget, case.built.active.name)
+        budget = case.built.spec.active.profile.memory_budget_gib
+        problem = over_budget(case.scenario.peak, budget, case.built.spec.active.name)
         case.add_check("exceeds_memory_budget", problem is not None, budget_gib=budget)
         assert problem is not None, (
             f"{case.recipe.name} fit within {budget} GiB (peak {case.scenario.peak}): the memory budget check's "
