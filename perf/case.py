@@ -8,6 +8,7 @@ so two full-size pipelines are never in GPU memory at once: each leaves its imag
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,13 @@ class Case:
     def add_latency(self, samples: list[float], timer: str) -> None:
         self.record["latency"] = {**latency_summary(samples), "timer": timer}
 
-    def add_check(self, name: str, passed: bool, **figures) -> None:
-        self.record["checks"][name] = {"passed": passed, **figures}
+    def add_cold_start(self, cold_start: ColdStart | str | None) -> None:
+        """The cold/warm start measured before this case was built (or why it failed), and its summary in the
+        record: each start's compile part is its first generation less a steady one of the scenario."""
+        self.cold_start = cold_start
+        if isinstance(cold_start, ColdStart):
+            steady = statistics.median(step.generate_seconds for step in self.scenario.steps)
+            self.record["cold_start"] = cold_start.summary(steady)
 
     def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> None:
         """Kept as ``keep_record`` keeps any record. Each adapter's image is its last one (the first adapter's

@@ -48,6 +48,13 @@ class ColdStart:
     warm: StartRun
     images: dict[str, np.ndarray] = field(repr=False)
 
+    @property
+    def warm_vs_cold(self) -> float:
+        """Mean abs difference of the two starts' images: the warm start must run the code the cold one compiled."""
+        from perf.checks import image_diff
+
+        return image_diff(self.images["warm"], self.images["cold"]).mean_abs
+
     def summary(self, steady_generation_s: float) -> dict:
         """Both starts with their compile part (first generation minus a steady one) and the warm saving."""
         return {

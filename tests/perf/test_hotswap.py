@@ -15,7 +15,6 @@ def test_hotswap_never_recompiles_after_warmup(case):
         pytest.skip(f"{case.recipe.name} is not a compiled hot-swap recipe: nothing could recompile")
     steps = case.scenario.steps
     assert len(steps) >= 3 and len({s.rank for s in steps}) >= 2, "the scenario must swap across ranks"
-    case.add_check("zero_recompiles", case.scenario.recompiles_after_warmup == 0)
     assert case.scenario.recompiles_after_warmup == 0, f"recompiled after hot-swap: {steps}"
 
 
@@ -24,7 +23,6 @@ def test_watcher_catches_recompiles_without_hotswap(case):
     or the zero-recompile test above proves nothing."""
     if not case.recipe.expects_recompiles:
         pytest.skip(f"{case.recipe.name} is not compiled without hot-swap")
-    case.add_check("recompiles_detected", case.scenario.recompiles_after_warmup > 0)
     assert case.scenario.recompiles_after_warmup > 0, f"no recompile seen: {case.scenario.steps}"
 
 
@@ -36,9 +34,6 @@ def test_cudagraphs_recorded_once_and_replayed_across_swaps(case):
     scenario = case.scenario
     problem = cudagraph_problem(scenario.warmup_cudagraphs, scenario.cudagraphs_recorded_after_warmup,
                                 scenario.cudagraphs_skipped)
-    case.add_check("cudagraphs_replayed", problem is None, recorded_in_warmup=scenario.warmup_cudagraphs,
-                   recorded_after_warmup=scenario.cudagraphs_recorded_after_warmup,
-                   skipped=scenario.cudagraphs_skipped)
     assert problem is None, f"{case.recipe.name}: {problem}"
 
 
