@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 ENV_VAR = "FLUX_LORA_PERF_CACHE"
 
 
@@ -29,16 +31,20 @@ def clear_cache(override: str | os.PathLike | None = None) -> Path:
 
 def build_once(folder: Path, marker: str, build: Callable[[Path], None]) -> Path:
     """``folder`` made by ``build(staging)`` unless ``folder/marker`` exists: built in a staging folder beside
-    it and renamed into place, so a killed or racing process never leaves a half-written one."""
+    it and renamed into place, so a killed process never leaves a half-written one. Builders take turns under a
+    file lock (pytest-xdist workers share the cache): without it a second builder could remove a folder the first
+    had just put in place while a third process read from it."""
     if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        build(staging)
-        if not (folder / marker).is_file():  # another process may have won the race
-            shutil.rmtree(folder, ignore_errors=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (folder / marker).is_file():  # built by whoever held the lock before
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+        try:
+            build(staging)
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written folder of a killed builder
             staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return folder

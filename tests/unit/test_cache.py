@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from perf.cache import ENV_VAR, cache_dir, clear_cache
+from perf.cache import ENV_VAR, build_once, cache_dir, clear_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,3 +95,28 @@ def test_merging_compile_caches_adds_new_files_and_never_rewrites_one_in_place(t
     assert (suite / "ab" / "kernel.so").stat().st_ino == inode
     assert (suite / "ab" / "new.py").read_text() == "new"
     assert sorted(p.name for p in (suite / "ab").iterdir()) == ["kernel.so", "new.py"]
+
+
+def _build_and_read(folder: str, log: str) -> str:
+    """One racing process: build the folder (slowly, logging that it built) unless built, then read it."""
+    import time
+
+    def build(staging: Path) -> None:
+        time.sleep(0.3)
+        (staging / "done").write_text("ok")
+        with open(log, "a") as f:
+            f.write("built\n")
+
+    return (build_once(Path(folder), "done", build) / "done").read_text()
+
+
+def test_racing_processes_build_a_folder_once_and_all_read_it(tmp_path):
+    """pytest-xdist workers share the cache: four processes asking at once get one build and a whole folder each
+    (before the file lock, a late builder could remove the folder another had just put in place)."""
+    import multiprocessing
+
+    log = tmp_path / "log"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        reads = pool.starmap(_build_and_read, [(str(tmp_path / "model"), str(log))] * 4)
+    assert reads == ["ok"] * 4
+    assert log.read_text().splitlines() == ["built"]

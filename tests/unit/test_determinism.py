@@ -48,6 +48,6 @@ def test_compiled_pipeline_reproduces_its_image_and_matches_eager_within_toleran
     drift = image_diff(first, eager_image)
     assert drift.mean_abs <= COMPILED_TOLERANCE, f"compiled vs eager: {drift}"
 
-    compiled.load_adapter(compiled.pool.adapters[1])
+    compiled.load_adapter(compiled.spec.pool.adapters[1])
     other = image_diff(compiled.generate(), eager_image)
     assert other.mean_abs > 100 * COMPILED_TOLERANCE, f"another adapter is within tolerance, check is vacuous: {other}"
