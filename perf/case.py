@@ -19,6 +19,7 @@ import torch
 from perf import compile_settings
 from perf.baselines import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
 from perf.builder import BuiltPipeline, build_pipeline
+from perf.checks import image_diff
 from perf.churn import ChurnResult, run_churn
 from perf.coldstart import ColdStart
 from perf.errors import CompileBudgetExceeded, SuiteError
@@ -86,6 +87,8 @@ class Case:
             "effect_norm": self.controls.reference.effect,
             "swap": self.swap_error,
             "swap_back": self.swap_back_error,
+            "image_vs_fresh_eager": image_diff(self.scenario.images[self.swap_reference.adapter],
+                                               self.fresh_images[self.swap_reference.adapter]).mean_abs,
             "probe_recompiles": self.scenario.probe_recompiles,
             "controls": self.controls.to_dict(),
         }
