@@ -11,7 +11,7 @@ Sessions (``nox --list``); arguments after ``--`` go to pytest in every session 
   judges a stale record).
 - ``nox -s upgrade_gate`` -- runs both suite sessions first (``requires=``: each in its own virtualenv, and the
   gate is aborted if either suite fails), then ``python -m perf.report`` into ``.results/upgrade-gate-report/``
-  and ``python -m perf.compare .results/known-good .results/candidate --profile <profile>``, which prints the
+  and ``python -m perf.judge.compare .results/known-good .results/candidate --profile <profile>``, which prints the
   verdict table and makes the session (and nox) exit non-zero on a regression.
 
 Profile: ``cpu`` (the tiny synthetic model) unless ``--profile NAME`` is among the pytest arguments, e.g.
@@ -97,7 +97,7 @@ def suite(session: nox.Session, pins: str) -> None:
 def upgrade_gate(session: nox.Session) -> None:
     """Known-good vs candidate on this machine: the report, then the verdict table; non-zero on a regression.
 
-    The verdict only reads JSON records, but perf.report imports the recipe table (and so torch): this venv
+    The verdict only reads JSON records, but perf.report.report imports the recipe table (and so torch): this venv
     gets the whole package under the known-good pins, the trusted stack judging the new one.
     """
     profile = profile_from(session.posargs)
@@ -105,4 +105,4 @@ def upgrade_gate(session: nox.Session) -> None:
     baseline, candidate = (RESULTS / p for p in PINS)
     session.run("python", "-m", "perf.report", str(candidate / profile), "--out", str(GATE_REPORT),
                 "--baselines", str(baseline))
-    session.run("python", "-m", "perf.compare", str(baseline), str(candidate), "--profile", profile)
+    session.run("python", "-m", "perf.judge.compare", str(baseline), str(candidate), "--profile", profile)

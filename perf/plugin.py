@@ -19,19 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from perf import benchmark_storage
-from perf.baselines import atomic_write_bytes, now_iso, read_records
-from perf.cache import cache_dir, clear_cache
-from perf.case import Case, CaseFailed, keep_record, open_case
-from perf.churn import churn_pool, churn_sequence
-from perf.coldstart import ColdStart, measure_cold_start
 from perf.errors import SuiteError
-from perf.loras import LoraPool
-from perf.measure import assert_no_leak
-from perf.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
-from perf.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
-from perf.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
-from perf.validate import positive_int, validate_run
+from perf.judge import benchmark_storage
+from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records
+from perf.run.case import Case, CaseFailed, keep_record, open_case
+from perf.run.churn import churn_pool, churn_sequence
+from perf.run.cold_start import ColdStart, measure_cold_start
+from perf.run.measure import assert_no_leak
+from perf.spec.cache import cache_dir, clear_cache
+from perf.spec.loras import LoraPool
+from perf.spec.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
+from perf.spec.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
+from perf.spec.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
+from perf.spec.validate import positive_int, validate_run
 from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id, worker_index
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
@@ -116,7 +116,7 @@ class Suite:
 
     @cached_property
     def spec(self) -> RunSpec:
-        """The run the options describe (``perf.run_spec``): built once, on first use."""
+        """The run the options describe (``perf.spec.run_spec``): built once, on first use."""
         return resolve_run(self.active, *(self.option(name) for name in RUN_OPTIONS))
 
     @cached_property
@@ -149,7 +149,7 @@ class Suite:
 
     def skip_reason(self, profile: str, recipe: Recipe) -> str | None:
         if self.active is None:
-            from perf.profiles import detect_device
+            from perf.spec.profiles import detect_device
 
             return f"needs {profile}, found {detect_device().name} (no profile for it; pass --profile)"
         if self.active.name != profile:
@@ -290,7 +290,7 @@ COMPARE_NOTE = pytest.StashKey[str]()
 
 
 def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
-    """pytest-benchmark's storage is the profile's stored baselines (``perf.benchmark_storage``), unless the user
+    """pytest-benchmark's storage is the profile's stored baselines (``perf.judge.benchmark_storage``), unless the user
     names another with --benchmark-storage; --update-baselines saves there, and a bare --benchmark-compare is
     pointed at the newest stored file, or says in one line that there is none."""
     option = config.option
@@ -328,7 +328,7 @@ def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile: table lines, and whether the gate
     fails (a regression, or a recipe of this run whose baseline file cannot be read: the other recipes are
     still judged, and the broken file is named with its fix)."""
-    from perf.compare import any_error, any_regression, compare_records, format_table
+    from perf.judge.compare import any_error, any_regression, compare_records, format_table
 
     stored, unreadable = suite.stored_baselines
     baselines = {name: stored[name] for name in suite.finished if name in stored}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from perf.builder import BuiltPipeline
+from perf.build.builder import BuiltPipeline
 
 DELAY_ENV = "FLUX_LORA_PERF_INJECT_DELAY_S"
 

@@ -1,11 +1,11 @@
 """Serving many adapters: twenty hot-swaps in a row over six adapters of mixed ranks, alphas and target sets,
 each followed by a generation, must compile nothing; an adapter met again makes the image it made the first
-time, and the last adapter acts as it does in a fresh pipeline (the one-step swap check of ``perf.probe``). Swap
-latency (median, p95) and images per minute go into the record."""
+time, and the last adapter acts as it does in a fresh pipeline (the one-step swap check of ``perf.run.swap_probe``).
+Swap latency (median, p95) and images per minute go into the record."""
 
 import pytest
 
-from perf.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
+from perf.judge.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
 
 
 def test_lora_churn_never_recompiles_and_ends_on_the_right_adapter(case, suite):

@@ -5,7 +5,7 @@ shows the cache counters can tell the two apart). Times go into the record and t
 
 import pytest
 
-from perf.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
+from perf.judge.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
 
 
 def test_warm_start_loads_compiled_code_from_the_cache(case):

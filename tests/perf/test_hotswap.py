@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
-from perf.checks import cudagraph_problem
-from perf.measure import synchronize, time_rounds
-from perf.watch import RecompileWatcher
+from perf.run.checks import cudagraph_problem
+from perf.run.measure import synchronize, time_rounds
+from perf.run.watchers import RecompileWatcher
 
 
 def test_hotswap_never_recompiles_after_warmup(case):
@@ -39,8 +39,9 @@ def test_cudagraphs_recorded_once_and_replayed_across_swaps(case):
 
 def test_hotswapped_adapter_acts_as_if_loaded_into_a_fresh_pipeline(case):
     """One denoising step after the swap, on the inputs of a fresh eager pipeline that loaded the adapter directly:
-    the wrong part of the adapter's effect stays within the measured noise (``perf.probe``). The images of both are
-    in the record for a person to look at; the step is what is gated, since compile drift grows over 28 steps."""
+    the wrong part of the adapter's effect stays within the measured noise (``perf.run.swap_probe``). The images of
+    both are in the record for a person to look at; the step is what is gated, since compile drift grows over 28
+    steps."""
     if not case.recipe.hotswap:
         pytest.skip(f"{case.recipe.name} does not hot-swap")
     assert case.scenario.probe_recompiles == 0, f"probing compiled {case.scenario.probe_recompiles} graph(s)"

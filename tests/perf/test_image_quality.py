@@ -4,9 +4,9 @@ With the embedded tiny CLIP the CLIP score is a smoke signal only (the record sa
 
 import pytest
 
-from perf.baselines import comparable, read_record, record_path
 from perf.errors import BaselineError
-from perf.quality import assess_images, check_quality, load_clip_scorer, summarize, tolerance_for
+from perf.judge.baseline_files import comparable, read_record, record_path
+from perf.run.quality import assess_images, check_quality, load_clip_scorer, summarize, tolerance_for
 
 
 def stored_baseline(case, suite):

@@ -4,10 +4,10 @@ pipeline is shown not to fit it (else the budget check proves nothing)."""
 
 import pytest
 
-from perf.baselines import OUT_OF_MEMORY
-from perf.case import CaseFailed
-from perf.checks import over_budget
+from perf.judge.baseline_files import OUT_OF_MEMORY
 from perf.plugin import case_params
+from perf.run.case import CaseFailed
+from perf.run.checks import over_budget
 
 
 def test_peak_memory_within_budget(case):

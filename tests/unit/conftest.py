@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from perf.cache import cache_dir
-from perf.loras import LoraPool, synthetic_pool
-from perf.models import ModelSource, resolve_source
-from perf.profiles import ActiveProfile, DeviceInfo, resolve_profile
-from perf.run_spec import RunSpec
+from perf.spec.cache import cache_dir
+from perf.spec.loras import LoraPool, synthetic_pool
+from perf.spec.models import ModelSource, resolve_source
+from perf.spec.profiles import ActiveProfile, DeviceInfo, resolve_profile
+from perf.spec.run_spec import RunSpec
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""A minimal valid H100 run record for the verdict and report tests (the fields ``perf.baselines`` requires)."""
+"""A minimal valid H100 run record for the verdict and report tests (the fields ``perf.judge.baseline_files``
+requires)."""
 
-from perf.baselines import SCHEMA_VERSION
+from perf.judge.baseline_files import SCHEMA_VERSION
 
 
 def h100_record(recipe: str, samples: list[float], **changes) -> dict:

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from perf.attention import FA4_BACKEND, fa4_installed, set_backend
-from perf.models import CONFIGS, transformer_step_inputs
-from perf.profiles import ActiveProfile, DeviceInfo, get_profile
-from perf.recipes import get_recipe, unsupported_reason
+from perf.build.attention import FA4_BACKEND, fa4_installed, set_backend
+from perf.spec.models import CONFIGS, transformer_step_inputs
+from perf.spec.profiles import ActiveProfile, DeviceInfo, get_profile
+from perf.spec.recipes import get_recipe, unsupported_reason
 
 CALLS: list[tuple[int, ...]] = []  # shapes the stand-in kernel saw
 
@@ -72,7 +72,7 @@ def test_fa4_is_reported_missing_without_its_package(monkeypatch):
 
 
 def test_fa4_row_skips_with_its_reason_off_hopper_or_without_the_package(cpu_profile, monkeypatch):
-    monkeypatch.setattr("perf.recipes.fa4_installed", lambda: False)
+    monkeypatch.setattr("perf.spec.recipes.fa4_installed", lambda: False)
     attention_only = dataclasses.replace(get_recipe("optimized_fa4"), fp8=False)
     assert "Hopper" in unsupported_reason(attention_only, cpu_profile)
     hopper = ActiveProfile(get_profile("h100"), DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.2, (9, 0)), False)

@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import save_file
 from suite_run import run_pytest
 
-from perf.baselines import read_record, read_records, record_path, write_record
-from perf.builder import BuiltPipeline, build_pipeline
+from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import BaselineError, LoraIncompatibleError, SuiteError
-from perf.loras import check_hotswap, inspect_lora
-from perf.models import resolve_source
-from perf.profiles import DeviceInfo, get_profile, resolve_profile
-from perf.recipes import get_recipe
+from perf.judge.baseline_files import read_record, read_records, record_path, write_record
+from perf.spec.loras import check_hotswap, inspect_lora
+from perf.spec.models import resolve_source
+from perf.spec.profiles import DeviceInfo, get_profile, resolve_profile
+from perf.spec.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0))

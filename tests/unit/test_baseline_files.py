@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fake_records import h100_record
 
-from perf.baselines import atomic_write_bytes, png_bytes, thumbnail_image, write_record
+from perf.judge.baseline_files import atomic_write_bytes, png_bytes, thumbnail_image, write_record
 
 SIDE = 64  # at most THUMBNAIL: stored as is, so a level changed in the image is a level changed in the PNG
 

@@ -8,7 +8,7 @@ import shutil
 
 from suite_run import ROOT, run_pytest
 
-from perf.benchmark_storage import SAVE_NAME, latest_baseline, merged_with_stored
+from perf.judge.benchmark_storage import SAVE_NAME, latest_baseline, merged_with_stored
 
 
 def bench(name: str, median: float) -> dict:

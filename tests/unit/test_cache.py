@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from perf.cache import ENV_VAR, build_once, cache_dir, clear_cache
+from perf.spec.cache import ENV_VAR, build_once, cache_dir, clear_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_merging_compile_caches_adds_new_files_and_never_rewrites_one_in_place(t
     """The cold/warm start children's compile cache is merged into the suite's. A file already there may be a
     kernel the running process has mapped: rewriting it in place crashed the process (seen on CPU), so it is
     left alone, and new files arrive whole."""
-    from perf.coldstart import keep_compiled
+    from perf.run.cold_start import keep_compiled
 
     children = tmp_path / "children" / "TORCHINDUCTOR_CACHE_DIR"
     (children / "ab").mkdir(parents=True)

@@ -1,5 +1,5 @@
 """Calibration as a command: each check's false alarms on unchanged runs and the smallest defect it catches, from
-records alone (``perf.calibrate``)."""
+records alone (``perf.judge.calibrate``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 from fake_records import h100_record
 
-from perf.baselines import write_record
-from perf.calibrate import calibrate, main
+from perf.judge.baseline_files import write_record
+from perf.judge.calibrate import calibrate, main
 
 
 def swap_check(swap: float, scale: dict[str, float], partial: float = 2.0, not_swapped: float = 5.0) -> dict:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from perf.churn import CHURN_SWAPS, churn_pool, churn_sequence, run_churn
+from perf.run.churn import CHURN_SWAPS, churn_pool, churn_sequence, run_churn
 
 
 class FakeServer:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from fake_records import h100_record
 
-from perf.baselines import write_record
-from perf.compare import (
+from perf.judge.baseline_files import write_record
+from perf.judge.compare import (
     DEFAULT_ROUNDS,
     LATENCY_THRESHOLD,
     PROFILE_LATENCY_THRESHOLDS,
@@ -256,7 +256,7 @@ def test_cli_refuses_an_empty_candidate_folder(tmp_path, capsys):
 
 def test_module_entry_point_exits_one_on_regression(tmp_path):
     base, cand = write_run(tmp_path, record([s * 1.2 for s in BASE_SAMPLES]))
-    run = subprocess.run([sys.executable, "-m", "perf.compare", str(base), str(cand), "--profile", "h100"],
+    run = subprocess.run([sys.executable, "-m", "perf.judge.compare", str(base), str(cand), "--profile", "h100"],
                          capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
     assert run.returncode == 1, run.stderr
     assert "latency_median_s" in run.stdout

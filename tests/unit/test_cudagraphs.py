@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from perf.checks import cudagraph_problem
-from perf.recipes import RECIPES
-from perf.watch import RecompileWatcher
+from perf.run.checks import cudagraph_problem
+from perf.run.watchers import RecompileWatcher
+from perf.spec.recipes import RECIPES
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 

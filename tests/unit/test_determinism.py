@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perf.builder import build_pipeline
-from perf.checks import image_diff
-from perf.recipes import get_recipe
-from perf.watch import RecompileWatcher
+from perf.build.builder import build_pipeline
+from perf.run.checks import image_diff
+from perf.run.watchers import RecompileWatcher
+from perf.spec.recipes import get_recipe
 
 COMPILED_TOLERANCE = 1e-4  # mean abs, images in [0, 1]
 

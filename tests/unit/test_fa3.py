@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry, dispatch_attention_fn
 
-from perf.attention import (
+from perf.build.attention import (
     FA3_BACKEND,
     FA3_FP8_BACKEND,
     MAX_REL_ERROR_FP8,
@@ -26,9 +26,9 @@ from perf.attention import (
     reference,
     rel_error,
 )
-from perf.builder import build_pipeline
-from perf.profiles import ActiveProfile, DeviceInfo, get_profile
-from perf.recipes import get_recipe, unsupported_reason
+from perf.build.builder import build_pipeline
+from perf.spec.profiles import ActiveProfile, DeviceInfo, get_profile
+from perf.spec.recipes import get_recipe, unsupported_reason
 
 SHAPE = (1, 64, 4, 16)  # (batch, seq, heads, head_dim); four heads, so a scale read for the wrong one shows
 HOPPER = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.2, (9, 0))
@@ -117,14 +117,14 @@ def test_fp8_attention_is_refused_not_replaced_without_fa3(no_fa3):
 
 @pytest.mark.parametrize("row", ["optimized_fa3_fp8attn", "optimized_fast"])
 def test_fp8_attention_rows_skip_with_the_install_hint_without_fa3(row, cpu_profile, monkeypatch):
-    monkeypatch.setattr("perf.recipes.fa3_installed", lambda: False)
+    monkeypatch.setattr("perf.spec.recipes.fa3_installed", lambda: False)
     attention_only = dataclasses.replace(get_recipe(row), fp8=False)  # FP8 weights need torchao, not here
     assert "Hopper" in unsupported_reason(attention_only, cpu_profile)
     hopper = ActiveProfile(get_profile("h100"), HOPPER, False)
     assert "FlashAttention-3, which is not installed (pip install '.[fa3]')" in unsupported_reason(
         attention_only, hopper
     )
-    monkeypatch.setattr("perf.recipes.fa3_installed", lambda: True)
+    monkeypatch.setattr("perf.spec.recipes.fa3_installed", lambda: True)
     assert unsupported_reason(attention_only, hopper) is None
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import perf.case
-import perf.measure
-from perf.attention import choose_attention
-from perf.baselines import read_records, record_path, write_record
-from perf.case import CaseFailed, open_case
-from perf.measure import assert_no_leak
-from perf.recipes import get_recipe
+import perf.run.case
+import perf.run.measure
+from perf.build.attention import choose_attention
+from perf.judge.baseline_files import read_records, record_path, write_record
+from perf.run.case import CaseFailed, open_case
+from perf.run.measure import assert_no_leak
+from perf.spec.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -48,7 +48,7 @@ def device_memory(monkeypatch) -> weakref.WeakSet:
     """GPU memory in use, faked on CPU: 1 GiB for every pipeline ``open_case`` built that is still alive. Only a
     pipeline nothing references any more stops counting, as only freed tensors leave ``memory_allocated``."""
     live = weakref.WeakSet()
-    build = perf.case.build_pipeline
+    build = perf.run.case.build_pipeline
 
     def tracked_build(*args, **kwargs):
         built = build(*args, **kwargs)
@@ -58,9 +58,9 @@ def device_memory(monkeypatch) -> weakref.WeakSet:
     def in_use_gib(device_type: str) -> float:
         return float(len(live))
 
-    monkeypatch.setattr(perf.case, "build_pipeline", tracked_build)
-    monkeypatch.setattr(perf.case, "in_use_gib", in_use_gib)
-    monkeypatch.setattr(perf.measure, "in_use_gib", in_use_gib)
+    monkeypatch.setattr(perf.run.case, "build_pipeline", tracked_build)
+    monkeypatch.setattr(perf.run.case, "in_use_gib", in_use_gib)
+    monkeypatch.setattr(perf.run.measure, "in_use_gib", in_use_gib)
     return live
 
 
@@ -72,15 +72,15 @@ def test_out_of_memory_fails_only_its_variant_with_peak_figures_and_the_next_var
 ):
     """An OOM during hotswap_eager's scenario becomes that case's ``CaseFailed`` naming the peak, with its
     pipeline already released; the next variant (baseline) then builds and runs its whole scenario."""
-    run_scenario = perf.case.run_scenario
+    run_scenario = perf.run.case.run_scenario
 
     def scenario_out_of_memory_once(built, progress, probe=None):
         if built.recipe.name == "hotswap_eager":
             raise torch.OutOfMemoryError(OOM)
         return run_scenario(built, progress, probe)
 
-    monkeypatch.setattr(perf.case, "run_scenario", scenario_out_of_memory_once)
-    start = perf.measure.in_use_gib("cpu")
+    monkeypatch.setattr(perf.run.case, "run_scenario", scenario_out_of_memory_once)
+    start = perf.run.measure.in_use_gib("cpu")
 
     with pytest.raises(CaseFailed, match=r"hotswap_eager: out of memory on cpu .*\(peak .*GiB.*\): " + OOM):
         open_tiny_case("hotswap_eager")
@@ -95,17 +95,17 @@ def test_out_of_memory_fails_only_its_variant_with_peak_figures_and_the_next_var
 def test_memory_returns_to_its_starting_level_between_variants(device_memory, open_tiny_case):
     """Each variant holds its pipeline while it runs and gives it back on release, so the next one is measured
     from the same level (a hot-swap variant also builds and drops a fresh reference pipeline)."""
-    start = perf.measure.in_use_gib("cpu")
+    start = perf.run.measure.in_use_gib("cpu")
     for recipe in ("hotswap_eager", "baseline"):
         case = open_tiny_case(recipe)
-        assert perf.measure.in_use_gib("cpu") == start + 1, f"{recipe}: only its own pipeline may be alive"
+        assert perf.run.measure.in_use_gib("cpu") == start + 1, f"{recipe}: only its own pipeline may be alive"
         case.release()
         assert_no_leak(start, "cpu", slack_gib=0.5)
 
 
 def test_a_variant_whose_pipeline_outlives_its_release_is_reported_as_a_leak(device_memory, open_tiny_case):
     """Negative control: a reference kept past ``release()`` (a cache, a global, a hook) must fail the check."""
-    start = perf.measure.in_use_gib("cpu")
+    start = perf.run.measure.in_use_gib("cpu")
     case = open_tiny_case("baseline")
     kept = case.built
     case.release()
@@ -139,7 +139,7 @@ PAD = 6_000_000  # bytes of padding per payload: a write takes long enough to be
 WRITER = f"""
 import json, os, sys, time
 from pathlib import Path
-from perf.baselines import atomic_write_bytes, read_record
+from perf.judge.baseline_files import atomic_write_bytes, read_record
 
 path, pause = Path(sys.argv[1]), sys.argv[2] == "pause"
 fsync = os.fsync
@@ -216,8 +216,8 @@ def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
 def test_a_cold_start_that_fails_in_its_child_process_says_which_start_and_why(tiny_cache):
     """The child's error reaches the parent as one ``SuiteError`` with the last lines of its output, and the
     temporary compile cache is removed."""
-    from perf.coldstart import measure_cold_start
     from perf.errors import SuiteError
+    from perf.run.cold_start import measure_cold_start
 
     with pytest.raises(SuiteError, match=r"the cold start failed \(exit 2\):\n.*--model synthetic-huge"):
         measure_cold_start("baseline", "cpu", tiny_cache, {"--model": "synthetic-huge"}, timeout_s=300,
@@ -240,7 +240,7 @@ def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, m
 
     before = (inductor_config.coordinate_descent_tuning, torch.get_float32_matmul_precision())
     assert before == (False, "highest")
-    monkeypatch.setattr("perf.builder.choose_attention", _set_like_torchao)
+    monkeypatch.setattr("perf.build.builder.choose_attention", _set_like_torchao)
     case = open_tiny_case("hotswap_eager")
     recorded = case.record["applied"]["compile_settings"]
     assert recorded["coordinate_descent_tuning"] is True  # the recipe ran, and is recorded, under them
@@ -257,7 +257,7 @@ def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_spec,
                                                                  monkeypatch):
     """The seed's rows quantize with torchao's Inductor settings; ``optimized_fullgraph_defaults`` (and the CUDA
     graph row built on it) without them, the fix for the full-graph FP8 compile that did not finish."""
-    from perf.builder import build_pipeline
+    from perf.build.builder import build_pipeline
 
     asked = []
 
@@ -265,7 +265,7 @@ def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_spec,
         asked.append(set_inductor_config)
         return "not quantized: FP8 needs a GPU"
 
-    monkeypatch.setattr("perf.builder.quantize_fp8", quantize)
+    monkeypatch.setattr("perf.build.builder.quantize_fp8", quantize)
     for name in ("optimized", "optimized_fullgraph_defaults", "optimized_cudagraphs"):
         eager = dataclasses.replace(get_recipe(name), attention="sdpa", compile="none")
         build_pipeline(tiny_spec, eager)

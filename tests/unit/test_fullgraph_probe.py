@@ -1,4 +1,4 @@
-"""``python -m perf.fullgraph_probe`` measures a full-graph compile of the FLUX architecture by block count; here
+"""``python -m perf.tools.fullgraph_probe`` measures a full-graph compile of the FLUX architecture by block count; here
 on the tiny widths with a hot-swap-prepared LoRA and Dynamo alone (CI has no torchao for ``--fp8``)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from perf.fullgraph_probe import _without_blocks, main, parse_blocks
+from perf.tools.fullgraph_probe import _without_blocks, main, parse_blocks
 
 
 def test_blocks_are_read_as_double_single_pairs():

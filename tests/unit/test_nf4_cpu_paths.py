@@ -21,10 +21,10 @@ bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev ext
 
 from bitsandbytes.functional import has_avx512bf16  # noqa: E402 - after the importorskip
 
-from perf.builder import _nf4_text_encoder_2, build_pipeline  # noqa: E402
-from perf.models import CONFIGS, ModelSource  # noqa: E402
-from perf.recipes import get_recipe, nf4_problem, unsupported_reason  # noqa: E402
-from perf.settings import TINY_SETTINGS  # noqa: E402
+from perf.build.builder import _nf4_text_encoder_2, build_pipeline  # noqa: E402
+from perf.spec.models import CONFIGS, ModelSource  # noqa: E402
+from perf.spec.recipes import get_recipe, nf4_problem, unsupported_reason  # noqa: E402
+from perf.spec.settings import TINY_SETTINGS  # noqa: E402
 
 CPU_HAS_AVX512BF16 = has_avx512bf16()  # bitsandbytes' own cpuid check, before any test patches it
 # The tiny T5 before it was sized for the packed path: 32-wide layers and d_ff=37, under the 64-value block.

@@ -1,4 +1,4 @@
-"""``python -m perf.profile_step``: the arithmetic it sets a step against, how it names kernels, and one whole
+"""``python -m perf.tools.profile_step``: the arithmetic it sets a step against, how it names kernels, and one whole
 run on the tiny model (the GPU run differs only in its timers, its profiler activity and the floor)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from perf.profile_step import breakdown, category, main, step_flops
+from perf.tools.profile_step import breakdown, category, main, step_flops
 
 # Kernel names read off the H100 profiles in baselines/h100/profiles/.
 KERNELS = {
@@ -49,7 +49,7 @@ def test_breakdown_shares_add_up_and_rates_follow_from_flops():
 
 def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, cpu_profile):
     monkeypatch.setenv("FLUX_LORA_PERF_CACHE", str(tiny_cache))
-    monkeypatch.setattr("perf.profile_step.resolve_profile", lambda _requested: cpu_profile)
+    monkeypatch.setattr("perf.tools.profile_step.resolve_profile", lambda _requested: cpu_profile)
     assert main(["--recipe", "hotswap_eager", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "profile-hotswap_eager.json").read_text())
     assert result["model_source"] == "synthetic-tiny" and result["recipe"]["name"] == "hotswap_eager"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf.baselines import load_thumbnail, save_thumbnail
 from perf.errors import SuiteError
-from perf.quality import (
+from perf.judge.baseline_files import load_thumbnail, save_thumbnail
+from perf.run.quality import (
     PSNR_CEILING,
     SYNTHETIC_CLIP,
     ClipScorer,
@@ -23,7 +23,7 @@ from perf.quality import (
     thumbnail,
     tolerance_for,
 )
-from perf.recipes import RECIPES
+from perf.spec.recipes import RECIPES
 
 PROMPT = "a photo of a cat wearing a tiny hat"
 BF16 = tolerance_for(RECIPES["baseline"])

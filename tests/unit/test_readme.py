@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from perf.baselines import read_records
-from perf.report import readme_table, replace_block
+from perf.judge.baseline_files import read_records
+from perf.report.report import readme_table, replace_block
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from fake_records import h100_record
 
-from perf.baselines import write_record
-from perf.compare import compare_records
-from perf.recipes import RECIPES
-from perf.report import main, write_report
+from perf.judge.baseline_files import write_record
+from perf.judge.compare import compare_records
+from perf.report.report import main, write_report
+from perf.spec.recipes import RECIPES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def record(recipe: str, median: float, date: str = "2025-06-01T00:00:00+00:00", **changes) -> dict:
-    """A run record whose recipe is the table's, as ``perf.record`` writes it (seed figures included)."""
+    """A run record whose recipe is the table's, as ``perf.run.recording`` writes it (seed figures included)."""
     samples = [median * f for f in (0.998, 1.0, 1.003)]
     made = h100_record(recipe, samples, date=date, attention={"kernel": "FlashAttention-3"}, **changes)
     made["recipe"] = dataclasses.asdict(RECIPES[recipe]) if recipe in RECIPES else made["recipe"]

@@ -3,10 +3,10 @@ named (a full-graph FP8 compile that did not finish in 9.5 minutes must not hang
 
 from suite_run import run_pytest
 
-from perf.builder import staged
+from perf.build.builder import staged
 from perf.plugin import Suite, case_params
-from perf.profiles import PROFILES, ActiveProfile, DeviceInfo
-from perf.recipes import RECIPES
+from perf.spec.profiles import PROFILES, ActiveProfile, DeviceInfo
+from perf.spec.recipes import RECIPES
 
 H100 = ActiveProfile(PROFILES["h100"], DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0)), emulated=False)
 

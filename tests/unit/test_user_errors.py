@@ -13,12 +13,12 @@ from fake_records import h100_record
 from safetensors.torch import save_file
 from suite_run import run_pytest
 
-from perf.baselines import write_record
 from perf.errors import LoraIncompatibleError
-from perf.loras import LoraPool, check_fits_model, inspect_lora, transformer_linear_shapes
-from perf.models import CONFIGS, resolve_source
-from perf.report import main as report_main
-from perf.validate import validate_run
+from perf.judge.baseline_files import write_record
+from perf.report.report import main as report_main
+from perf.spec.loras import LoraPool, check_fits_model, inspect_lora, transformer_linear_shapes
+from perf.spec.models import CONFIGS, resolve_source
+from perf.spec.validate import validate_run
 
 MAX_LINES = 30
 TINY = transformer_linear_shapes(CONFIGS["tiny"]["transformer"])

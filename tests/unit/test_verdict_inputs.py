@@ -13,10 +13,10 @@ import pytest
 from fake_records import h100_record
 from suite_run import ROOT, run_pytest
 
-from perf.baselines import comparable, read_records, record_path, write_record
-from perf.compare import compare_folders, compare_records, main
+from perf.judge.baseline_files import comparable, read_records, record_path, write_record
+from perf.judge.compare import compare_folders, compare_records, main
 from perf.plugin import verdict_lines
-from perf.record import _sha256, file_sha256, pool_entries
+from perf.run.recording import _sha256, file_sha256, pool_entries
 
 SAMPLES = [1.000, 1.004, 0.997, 1.002, 0.999]
 CORRUPT = '{"schema": 1, "profile": "h1'

@@ -149,7 +149,7 @@ def test_nightly_gates_on_benchmarks_and_baselines_and_keeps_the_evidence():
         assert flag in shell
     for profile in PROFILE_RUNNERS:
         assert f"-m {profile}" in yaml.safe_dump(workflow), f"no pytest selection for {profile}"
-    verdict = [s for s in steps(workflow) if "perf.compare" in s.get("run", "")]
+    verdict = [s for s in steps(workflow) if "perf.judge.compare" in s.get("run", "")]
     assert verdict and not any(s.get("continue-on-error") for s in verdict), "a regression must fail the job"
     (upload,) = [s for s in steps(workflow) if s.get("uses", "").startswith("actions/upload-artifact@")]
     assert upload.get("if") == "always()"
@@ -184,7 +184,9 @@ def test_nox_session_check_rejects_an_unknown_session():
 
 def test_every_referenced_perf_module_exists():
     referenced = {mod: where for where, text in referenced_texts().items() for mod in perf_modules(text)}
-    assert {"perf.compare", "perf.report"} <= referenced.keys(), f"expected the verdict and report CLIs: {referenced}"
+    assert {"perf.judge.compare", "perf.report"} <= referenced.keys(), (
+        f"expected the verdict and report CLIs: {referenced}"
+    )
     missing = {mod: where for mod, where in referenced.items() if find_spec(mod) is None}
     assert not missing, (
         f"referenced but not importable: {missing} (if someone is still writing them, this passes once they land)"

@@ -14,10 +14,10 @@ from typing import Literal
 
 import torch
 
-from perf.attention import fa3_installed, fa4_installed
+from perf.build.attention import fa3_installed, fa4_installed
 from perf.errors import SuiteError
-from perf.models import CONFIGS
-from perf.profiles import ActiveProfile
+from perf.spec.models import CONFIGS
+from perf.spec.profiles import ActiveProfile
 
 Attention = Literal["fa3", "fa3_fp8", "fa4", "sdpa"]
 CompileScope = Literal["none", "full", "regional"]
@@ -41,7 +41,7 @@ class Recipe:
     compile: CompileScope = "none"
     compile_mode: str | None = None  # torch.compile mode; None = default, as the seed ran it
     # torchao's quantize_(set_inductor_config=True), as the seed ran it, also turns on Inductor's coordinate-descent
-    # tuning for the process (perf.compile_settings); False keeps Inductor at its defaults
+    # tuning for the process (perf.build.compile_settings); False keeps Inductor at its defaults
     torchao_inductor_config: bool = True
     hotswap: bool = True
     compile_vae: bool = False

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf import compile_settings
-from perf.attention import AttentionChoice, choose_attention, set_backend
-from perf.cache import build_once
-from perf.loras import LoraAdapter, check_hotswap
-from perf.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
-from perf.recipes import Recipe
-from perf.run_spec import RunSpec
-from perf.settings import GenerationSettings
+from perf.build import compile_settings
+from perf.build.attention import AttentionChoice, choose_attention, set_backend
+from perf.spec.cache import build_once
+from perf.spec.loras import LoraAdapter, check_hotswap
+from perf.spec.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
+from perf.spec.recipes import Recipe
+from perf.spec.run_spec import RunSpec
+from perf.spec.settings import GenerationSettings
 
 HOTSWAP_ADAPTER = "default_0"  # the seed loads every adapter under one name when hot-swapping
 
@@ -105,7 +105,7 @@ def _nf4_text_encoder_2(source: ModelSource, pipe, cache: Path, dtype: torch.dty
 def quantize_fp8(transformer, device: str | None = None, set_inductor_config: bool = True) -> str:
     """FP8 rowwise weights and dynamic activations; with ``device``, each layer is moved there and quantized in
     turn (the staged path: the bf16 transformer never sits on the GPU whole). ``set_inductor_config`` is torchao's
-    default, as the seed ran it: it also sets process-wide Inductor options (see ``perf.compile_settings``)."""
+    default, as the seed ran it: it also sets process-wide Inductor options (see ``perf.build.compile_settings``)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=set_inductor_config)

@@ -112,7 +112,7 @@ def thumbnail_image(image: np.ndarray, size: tuple[int, int] | None = None) -> I
 
 
 def thumbnail(image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """``thumbnail_image`` as a float [0, 1] array: what ``perf.baselines.load_thumbnail`` reads back."""
+    """``thumbnail_image`` as a float [0, 1] array: what ``perf.judge.baseline_files.load_thumbnail`` reads back."""
     return np.asarray(thumbnail_image(image, size), dtype=np.float32) / 255.0
 
 

@@ -1,7 +1,7 @@
-"""One process, one recipe, one image: the cold start a restarted server pays. Run by ``perf.coldstart`` in a
+"""One process, one recipe, one image: the cold start a restarted server pays. Run by ``perf.run.cold_start`` in a
 child process; prints one JSON line with the time from process start to the first image and its parts.
 
-    python -m perf.first_image --recipe no_fa3_fp8 --image first.npy
+    python -m perf.run.cold_start_child --recipe no_fa3_fp8 --image first.npy
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from perf.run_spec import add_run_options  # noqa: E402
+from perf.spec.run_spec import add_run_options  # noqa: E402
 
 
 def _process_age_s() -> float:
@@ -32,12 +32,12 @@ def _process_age_s() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m perf.first_image",
+        prog="python -m perf.run.cold_start_child",
         description="Build one recipe's pipeline in a fresh process and generate one image; print the timings "
         "(process start -> first image, imports, build, first generation with its compile) and the compile-cache "
         "hits and misses as one JSON line. The compile cache is torch's: TORCHINDUCTOR_CACHE_DIR.",
     )
-    parser.add_argument("--recipe", required=True, help="recipe name (perf/recipes.py)")
+    parser.add_argument("--recipe", required=True, help="recipe name (perf/spec/recipes.py)")
     parser.add_argument("--profile", default=None, help="hardware profile (default: detected; smaller = emulated)")
     add_run_options(parser.add_argument)
     parser.add_argument("--compile-budget", type=float, default=None,
@@ -47,14 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import numpy as np
 
-    from perf.budget import compile_budget
-    from perf.builder import build_pipeline
+    from perf.build.builder import build_pipeline
     from perf.errors import SuiteError
-    from perf.measure import timed
-    from perf.profiles import apply_memory_cap, resolve_profile
-    from perf.recipes import get_recipe
-    from perf.run_spec import resolve_run
-    from perf.watch import RecompileWatcher
+    from perf.run.compile_timeout import compile_budget
+    from perf.run.measure import timed
+    from perf.run.watchers import RecompileWatcher
+    from perf.spec.profiles import apply_memory_cap, resolve_profile
+    from perf.spec.recipes import get_recipe
+    from perf.spec.run_spec import resolve_run
 
     imported = _process_age_s()
     try:

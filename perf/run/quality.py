@@ -20,11 +20,11 @@ from unittest import mock
 import numpy as np
 import torch
 
-from perf.baselines import thumbnail, to_uint8
-from perf.cache import build_once
 from perf.errors import SuiteError
-from perf.models import synthetic_tokenizers
-from perf.recipes import Recipe
+from perf.judge.baseline_files import thumbnail, to_uint8
+from perf.spec.cache import build_once
+from perf.spec.models import synthetic_tokenizers
+from perf.spec.recipes import Recipe
 
 if TYPE_CHECKING:
     from torchmetrics.multimodal import CLIPScore
@@ -232,7 +232,7 @@ class QualityResult:
         return not self.failures
 
     def as_record(self) -> dict[str, float | str]:
-        """The figures under the names ``perf.compare`` reads, without those not measured."""
+        """The figures under the names ``perf.judge.compare`` reads, without those not measured."""
         figures = {"clip": self.clip, "clip_score": self.clip_score, "psnr_vs_reference": self.psnr_vs_reference,
                    "ssim_vs_reference": self.ssim_vs_reference, "psnr_vs_baseline_row": self.psnr_vs_baseline_row}
         return {name: value for name, value in figures.items() if value is not None}
@@ -251,7 +251,7 @@ def check_quality(
 ) -> QualityResult:
     """All quality figures of ``candidate_image`` and what fails ``tolerance``. ``baseline_clip`` must come from
     the same CLIP (compare the record's ``clip`` label); a PNG ``baseline_row_image`` is read as a thumbnail."""
-    from perf.baselines import load_thumbnail
+    from perf.judge.baseline_files import load_thumbnail
 
     def where(path: Path | None) -> str:
         return str(path) if path is not None else "(no file)"

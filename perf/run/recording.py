@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from perf.baselines import COMPLETED, SCHEMA_VERSION, git_commit, library_versions, now_iso
-from perf.builder import BuiltPipeline
-from perf.loras import LoraPool
-from perf.measure import PeakMemory
-from perf.recipes import Recipe
-from perf.run_spec import RunSpec
-from perf.scenario import ScenarioResult
+from perf.build.builder import BuiltPipeline
+from perf.judge.baseline_files import COMPLETED, SCHEMA_VERSION, git_commit, library_versions, now_iso
+from perf.run.measure import PeakMemory
+from perf.run.scenario import ScenarioResult
+from perf.spec.loras import LoraPool
+from perf.spec.recipes import Recipe
+from perf.spec.run_spec import RunSpec
 from perf.workers import SESSION_ENV
 
 
@@ -53,7 +53,8 @@ def file_sha256(path: Path) -> str:
 
 def pool_entries(pool: LoraPool) -> list[dict[str, Any]]:
     """Each adapter as a record names it: what it is (name, rank, modules, synthetic) and which file (name and
-    content hash), so a run with another pool is never judged against this one (``perf.baselines.comparable``)."""
+    content hash), so a run with another pool is never judged against this one
+    (``perf.judge.baseline_files.comparable``)."""
     return [
         {"name": a.name, "rank": a.rank, "modules": len(a.modules), "synthetic": a.synthetic,
          "file": a.path.name, "sha256": file_sha256(a.path)}

@@ -3,7 +3,7 @@
 The expensive part (build, compile, swaps, the swap checks' controls) runs once per recipe; tests assert on the
 result. Fresh eager pipelines with the adapters the checks need are run *before* the recipe's pipeline is built,
 so two full-size pipelines are never in GPU memory at once: each leaves its image and its first denoising step
-(``perf.probe.StepReference``) behind.
+(``perf.run.swap_probe.StepReference``) behind.
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf import compile_settings
-from perf.baselines import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
-from perf.builder import BuiltPipeline, build_pipeline
-from perf.checks import image_diff
-from perf.churn import ChurnResult, run_churn
-from perf.coldstart import ColdStart
+from perf.build import compile_settings
+from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import CompileBudgetExceeded, SuiteError
-from perf.loras import LoraAdapter
-from perf.measure import free_memory, in_use_gib, read_peak, reset_peak
-from perf.probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
-from perf.recipes import Recipe
-from perf.record import failure_record, latency_summary, make_record
-from perf.run_spec import RunSpec
-from perf.scenario import ScenarioResult, run_scenario
-from perf.tolerances import EFFECT_TOLERANCE
+from perf.judge.baseline_files import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
+from perf.judge.tolerances import EFFECT_TOLERANCE
+from perf.run.checks import image_diff
+from perf.run.churn import ChurnResult, run_churn
+from perf.run.cold_start import ColdStart
+from perf.run.measure import free_memory, in_use_gib, read_peak, reset_peak
+from perf.run.recording import failure_record, latency_summary, make_record
+from perf.run.scenario import ScenarioResult, run_scenario
+from perf.run.swap_probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
+from perf.spec.loras import LoraAdapter
+from perf.spec.recipes import Recipe
+from perf.spec.run_spec import RunSpec
 
 
 class CaseFailed(SuiteError):
@@ -81,7 +81,7 @@ class Case:
     def swap_check_summary(self) -> dict:
         """The swap checks' figures for the record: errors, tolerance, and the controls they must catch."""
         return {
-            "unit": "fraction of the adapter's effect on one denoising step (perf.probe)",
+            "unit": "fraction of the adapter's effect on one denoising step (perf.run.swap_probe)",
             "tolerance": self.effect_tolerance,
             "reference": self.swap_reference.adapter,
             "effect_norm": self.controls.reference.effect,

@@ -1,10 +1,10 @@
-"""``python -m perf.attention_check --out FILE.json``: the attention kernels at FLUX's joint attention shape, on
+"""``python -m perf.tools.attention_check --out FILE.json``: the attention kernels at FLUX's joint attention shape, on
 the GPU, checked against float32 and timed, in well under a minute.
 
 Rows: torch SDPA; FA3 bf16; FA3 FP8 as the pipeline runs it (per-(batch, head) quantization included), eager and
 compiled (where Inductor fuses the quantization); the FP8 kernel alone on inputs quantized beforehand, with its
 descales and as a plain e4m3 cast without them (the figure measured before the suite had an FP8 backend). Each
-row's error is ||out - ref|| / ||ref|| and mean |out - ref| / mean |ref| on ``perf.attention.check_inputs``;
+row's error is ||out - ref|| / ||ref|| and mean |out - ref| / mean |ref| on ``perf.build.attention.check_inputs``;
 timings are medians of interleaved rounds (``interleaved_median_ms``). Exit status 1 when a row fails its bound
 (``MAX_REL_ERROR``, ``MAX_REL_ERROR_FP8``) or FP8's own check (two batch elements) fails.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from perf.attention import (
+from perf.build.attention import (
     FA3_BACKEND,
     FA3_FP8_BACKEND,
     FP8_CHECK_BATCH,

@@ -1,7 +1,7 @@
 """What a run is, apart from the recipe: one frozen ``RunSpec`` (hardware profile, model source, LoRA pool, cache
 folder, hot-swap rank), built by ``resolve_run`` from the user's options. The pytest plugin, the cold-start child
-(``perf.first_image``) and ``perf.profile_step`` all build their runs this way, so an option means the same
-everywhere, and the builder, the case and the record take the one object instead of six values."""
+(``perf.run.cold_start_child``) and ``perf.tools.profile_step`` all build their runs this way, so an option means the
+same everywhere, and the builder, the case and the record take the one object instead of six values."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from perf.cache import cache_dir
-from perf.loras import LoraPool, pool_for
-from perf.models import ModelSource, resolve_source
-from perf.profiles import ActiveProfile
-from perf.settings import SETTINGS_BY_SIZE, GenerationSettings
-from perf.validate import positive_int
+from perf.spec.cache import cache_dir
+from perf.spec.loras import LoraPool, pool_for
+from perf.spec.models import ModelSource, resolve_source
+from perf.spec.profiles import ActiveProfile
+from perf.spec.settings import SETTINGS_BY_SIZE, GenerationSettings
+from perf.spec.validate import positive_int
 
 RUN_OPTIONS = ("--model", "--lora", "--max-rank", "--perf-cache")  # resolve_run's arguments, in its order
 
 
 def add_run_options(add: Callable[..., object]) -> None:
     """Declare ``RUN_OPTIONS`` with ``add``: pytest's ``group.addoption`` or argparse's ``add_argument`` (the
-    cold-start child and ``perf.profile_step`` take the same options as the suite)."""
+    cold-start child and ``perf.tools.profile_step`` take the same options as the suite)."""
     add("--model", default=None, metavar="ID_OR_PATH",
         help="FLUX.1-dev hub id (from the local Hugging Face cache) or diffusers folder; default: the profile's "
         "embedded synthetic model (synthetic-tiny on CPU, synthetic-full on GPUs). Also: synthetic-tiny, "
@@ -53,7 +53,7 @@ class RunSpec:
     @property
     def target_rank(self) -> int:
         """The rank ``enable_lora_hotswap`` pads every adapter to (a rank below the pool's max is refused once,
-        before any test, by ``perf.validate``)."""
+        before any test, by ``perf.spec.validate``)."""
         return self.max_rank or self.pool.max_rank
 
     @property

@@ -1,5 +1,5 @@
 """Cold and warm start: how long a restarted server waits for its first image, and what torch's compile cache
-saves. Two fresh processes build the same recipe and generate once (``perf.first_image``): the first with an
+saves. Two fresh processes build the same recipe and generate once (``perf.run.cold_start_child``): the first with an
 empty compile cache (cold), the second with the cache the first one filled (warm). Their cache counters say
 whether each start really was cold or warm, so a broken cache shows up as a failed check, not a slow number."""
 
@@ -51,7 +51,7 @@ class ColdStart:
     @property
     def warm_vs_cold(self) -> float:
         """Mean abs difference of the two starts' images: the warm start must run the code the cold one compiled."""
-        from perf.checks import image_diff
+        from perf.run.checks import image_diff
 
         return image_diff(self.images["warm"], self.images["cold"]).mean_abs
 
@@ -67,7 +67,7 @@ class ColdStart:
 
 
 def _command(recipe: str, profile: str, options: dict, image: Path) -> list[str]:
-    command = [sys.executable, "-m", "perf.first_image", "--recipe", recipe, "--profile", profile,
+    command = [sys.executable, "-m", "perf.run.cold_start_child", "--recipe", recipe, "--profile", profile,
                "--image", str(image)]
     for flag, value in options.items():
         for item in value if isinstance(value, list) else [value]:
@@ -113,7 +113,7 @@ def measure_cold_start(
 ) -> ColdStart:
     """Run the cold then the warm start of ``recipe`` in child processes sharing a compile cache that starts
     empty (a temporary folder under ``cache``, merged into this process's compile cache and removed after).
-    ``options``: ``perf.first_image`` flags (``--model``, ``--lora`` list, ``--max-rank``, ``--perf-cache``,
+    ``options``: ``perf.run.cold_start_child`` flags (``--model``, ``--lora`` list, ``--max-rank``, ``--perf-cache``,
     ``--compile-budget``)."""
     folder = Path(tempfile.mkdtemp(prefix="coldstart-", dir=cache))
     env = {**os.environ, **{variable: str(folder / variable) for variable in COMPILE_CACHES}}

@@ -5,7 +5,7 @@ medians (candidate / baseline) must lie wholly beyond a margin before a verdict 
 Single-value metrics have no samples, so they get fixed rules instead: counts that depend on the code and not on
 the machine (graphs compiled, compile-cache misses, recompiles) are gated exactly; compile and start wall times,
 which depend on the machine as much as on the code, only beyond a wide factor (``START_FACTOR``); memory and
-quality scores within tolerances. Verdicts are data; ``format_table`` prints them, ``perf.report`` renders them.
+quality scores within tolerances. Verdicts are data; ``format_table`` prints them, ``perf.report.report`` renders them.
 A record file that cannot be read is an "error" verdict for its recipe, never an exception that hides the rest.
 
 Calibration (seeded simulations in ``tests/unit/test_compare.py``, 4000 pairs each; noise is multiplicative
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from perf.baselines import COMPLETED, UnreadableRecord, comparable, read_records
+from perf.judge.baseline_files import COMPLETED, UnreadableRecord, comparable, read_records
 
 Outcome = Literal["ok", "regressed", "improved", "incomparable", "error"]
 
@@ -413,7 +413,7 @@ def format_table(verdicts: Sequence[Verdict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m perf.compare",
+        prog="python -m perf.judge.compare",
         description="Compare a run's records with stored baselines and print one verdict table. Exit status: "
         "0 no regression, 1 at least one regression, 2 nothing to compare or a record of a compared recipe "
         "unreadable (the table still judges the other recipes; 2 outranks 1).",

@@ -18,8 +18,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from perf.baselines import COMPLETED, read_records
-from perf.compare import (
+from perf.judge.baseline_files import COMPLETED, read_records
+from perf.judge.compare import (
     HEADER,
     Verdict,
     any_regression,
@@ -278,6 +278,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))
     return 2 if errors else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

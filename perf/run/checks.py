@@ -1,6 +1,6 @@
 """Checks on one recipe's run that need no reference of their own: image differences (warm vs cold start, an
 adapter met again in the churn, and the record's ``image_vs_fresh_eager`` figure), the memory budget, CUDA graphs
-recorded once. Tolerances between results of the same recipe are in ``perf.tolerances``."""
+recorded once. Tolerances between results of the same recipe are in ``perf.judge.tolerances``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perf.measure import PeakMemory
+from perf.run.measure import PeakMemory
 
 
 @dataclass(frozen=True)

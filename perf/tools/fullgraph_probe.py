@@ -1,5 +1,5 @@
 """Where a full-graph compile of a FLUX transformer spends its time, by block count:
-``python -m perf.fullgraph_probe --blocks 1,2 4,8 --fp8 --lora --backend inductor --device cuda``.
+``python -m perf.tools.fullgraph_probe --blocks 1,2 4,8 --fp8 --lora --backend inductor --device cuda``.
 
 Why it exists: on an H100 (torch 2.11, torchao 0.17, peft 0.21) ``transformer.compile(fullgraph=True)`` of the
 FP8 + LoRA hot-swap transformer had made no image after 9.5 minutes, where bf16 took ~2 minutes. Compile time
@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from perf.builder import quantize_fp8
-from perf.loras import ATTENTION, SyntheticLoraSpec, linear_shapes, lora_layers, lora_metadata
-from perf.measure import time_rounds
-from perf.models import CONFIGS, transformer_step_inputs
+from perf.build.builder import quantize_fp8
+from perf.run.measure import time_rounds
+from perf.spec.loras import ATTENTION, SyntheticLoraSpec, linear_shapes, lora_layers, lora_metadata
+from perf.spec.models import CONFIGS, transformer_step_inputs
 
 BACKENDS = ("eager", "aot_eager", "inductor")
 
@@ -124,7 +124,7 @@ def _measure(args: argparse.Namespace, double: int, single: int) -> dict[str, An
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perf.fullgraph_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.tools.fullgraph_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", nargs="+", type=parse_blocks, default=[(1, 2), (2, 4), (4, 8)], metavar="D,S",
                         help="configurations: double,single block counts each (FLUX.1-dev: 19,38; default "
                         "1,2 2,4 4,8)")
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(run_one(args, double, single)), flush=True)
             continue
         child = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--in-process"]
-        child = [sys.executable, "-m", "perf.fullgraph_probe", *_without_blocks(child),
+        child = [sys.executable, "-m", "perf.tools.fullgraph_probe", *_without_blocks(child),
                  "--blocks", f"{double},{single}", "--in-process"]
         if subprocess.run(child, check=False).returncode:
             failed += 1

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from perf.cache import build_once
 from perf.errors import LoraIncompatibleError, SuiteError
-from perf.models import CONFIGS
+from perf.spec.cache import build_once
+from perf.spec.models import CONFIGS
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")

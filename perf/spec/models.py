@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from perf.cache import build_once
 from perf.errors import SuiteError
+from perf.spec.cache import build_once
 
 SYNTHETIC_SEED = 0
 SYNTHETIC_VERSION = 2  # bump when the synthetic configs change, so stale caches are rebuilt

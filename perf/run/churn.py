@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.builder import BuiltPipeline
-from perf.checks import image_diff
-from perf.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
-from perf.measure import timed
-from perf.probe import StepReference, same_numerics_reference, step_output
-from perf.watch import RecompileWatcher
+from perf.build.builder import BuiltPipeline
+from perf.run.checks import image_diff
+from perf.run.measure import timed
+from perf.run.swap_probe import StepReference, same_numerics_reference, step_output
+from perf.run.watchers import RecompileWatcher
+from perf.spec.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
 
 CHURN_SWAPS = 20
 
@@ -60,7 +60,8 @@ class ChurnResult:
     steps: list[ChurnStep]
     last_image: np.ndarray = field(repr=False)
     revisit_drift: float = 0.0  # largest mean abs difference of an adapter's image from its first in the churn
-    last_error: float | None = None  # the last adapter's one-step swap-check error (perf.probe), with a reference
+    # the last adapter's one-step swap-check error (perf.run.swap_probe), with a reference
+    last_error: float | None = None
 
     @property
     def last_adapter(self) -> str:

@@ -1,7 +1,7 @@
 """The serving scenario every recipe runs: warm up on adapter A (compile happens here), then swap to the other
 adapters and generate after each swap, counting compiled graphs and keeping each adapter's image. With a probe
-(``perf.probe``), one transformer step on fixed inputs is also taken after warm-up and after each swap, outside the
-timed and watched regions, so the swap checks compare like with like."""
+(``perf.run.swap_probe``), one transformer step on fixed inputs is also taken after warm-up and after each swap,
+outside the timed and watched regions, so the swap checks compare like with like."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from perf.budget import compile_budget
-from perf.builder import BuiltPipeline
-from perf.loras import LoraAdapter
-from perf.measure import PeakMemory, read_peak, reset_peak, timed
-from perf.probe import StepInputs, step_output
-from perf.watch import RecompileWatcher
+from perf.build.builder import BuiltPipeline
+from perf.run.compile_timeout import compile_budget
+from perf.run.measure import PeakMemory, read_peak, reset_peak, timed
+from perf.run.swap_probe import StepInputs, step_output
+from perf.run.watchers import RecompileWatcher
+from perf.spec.loras import LoraAdapter
 
 
 @dataclass(frozen=True)

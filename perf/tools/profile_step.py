@@ -1,4 +1,4 @@
-"""Where an image's time goes, against the floor: ``python -m perf.profile_step --recipe optimized --out DIR``.
+"""Where an image's time goes, against the floor: ``python -m perf.tools.profile_step --recipe optimized --out DIR``.
 
 Builds the recipe exactly as the suite does (``build_pipeline``) and warms it up with one pipeline call (compile
 happens there), capturing the transformer's inputs of one denoising step on the way. Then:
@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from perf import compile_settings
-from perf.builder import attention_shape, build_pipeline
-from perf.measure import synchronize, time_rounds
-from perf.profiles import resolve_profile
-from perf.recipes import get_recipe
-from perf.record import identity
-from perf.run_spec import RunSpec, add_run_options, resolve_run
+from perf.build import compile_settings
+from perf.build.builder import attention_shape, build_pipeline
+from perf.run.measure import synchronize, time_rounds
+from perf.run.recording import identity
+from perf.spec.profiles import resolve_profile
+from perf.spec.recipes import get_recipe
+from perf.spec.run_spec import RunSpec, add_run_options, resolve_run
 
 CATEGORIES = (  # first match wins; names are CUDA kernel names, lower-cased
     # Inductor names a fused kernel after the ops it absorbed: "..._scaled_mm__to_copy_amax_clamp..." is the FP8
@@ -204,7 +204,7 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.profile_step", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.tools.profile_step", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", required=True,
                         help="recipe to build and profile on this device (repeatable; each is built in turn)")
     parser.add_argument("--out", type=Path, default=Path(".results/profiles"),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perf.watch import RecompileWatcher
+from perf.run.watchers import RecompileWatcher
 
 SCALE_ERRORS = (0.01, 0.03, 0.1)  # the strength errors each run measures (the adapter's effect scaled by 1 - e)
 PARTIAL_MODULE = "to_q"  # the partial-swap control: the new adapter reaches only these modules
@@ -93,7 +93,7 @@ def step_output(pipe, inputs: StepInputs) -> torch.Tensor:
 
 def reference_step(pipe, inputs: StepInputs, adapter: str) -> StepReference:
     """``pipe``'s LoRA state, and its step on ``inputs`` with its LoRA and with LoRA disabled."""
-    from perf.builder import HOTSWAP_ADAPTER
+    from perf.build.builder import HOTSWAP_ADAPTER
 
     state = snapshot(lora_modules(pipe.transformer, HOTSWAP_ADAPTER), HOTSWAP_ADAPTER, device="cpu")
     output = step_output(pipe, inputs)
@@ -186,7 +186,7 @@ class SameNumerics:
 
 def same_numerics_reference(built, reference: StepReference) -> SameNumerics:
     """Run the candidate's own graph with ``reference``'s state, then with no LoRA effect, and put its state back."""
-    from perf.builder import HOTSWAP_ADAPTER
+    from perf.build.builder import HOTSWAP_ADAPTER
 
     modules = lora_modules(built.pipe.transformer, HOTSWAP_ADAPTER)
     own = snapshot(modules, HOTSWAP_ADAPTER)
@@ -225,7 +225,7 @@ def run_controls(built, reference: StepReference, target) -> ControlResult:
     """Hot-swap ``built`` from its current adapter to ``target`` (the reference's adapter) as it always does, take
     the same-numerics reference, then measure the check's error as it is and with each defect written in place,
     restoring the swap's state after each. Ends with ``target`` active, as a plain swap would."""
-    from perf.builder import HOTSWAP_ADAPTER
+    from perf.build.builder import HOTSWAP_ADAPTER
 
     modules = lora_modules(built.pipe.transformer, HOTSWAP_ADAPTER)
     previous = snapshot(modules, HOTSWAP_ADAPTER)

@@ -1,7 +1,7 @@
 """The run's input checked once, before any test runs: a mistake in the model, the LoRA pool or an option is
 the same mistake for every test, so it must stop the run with one message instead of failing each test with it.
 
-The pool is read as diffusers will load it (``perf.loras.inspect_lora``) and matched against the model's Linear
+The pool is read as diffusers will load it (``perf.spec.loras.inspect_lora``) and matched against the model's Linear
 shapes, built on the meta device from the model's ``config.json``: no weights are read, no pipeline is built.
 """
 
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from perf.errors import SuiteError
-from perf.loras import LoraPool, check_fits_model, check_pool, hotswap_target_rank, transformer_linear_shapes
-from perf.models import CONFIGS, ModelSource, hub_file
+from perf.spec.loras import LoraPool, check_fits_model, check_pool, hotswap_target_rank, transformer_linear_shapes
+from perf.spec.models import CONFIGS, ModelSource, hub_file
 
 TRANSFORMER_CONFIG = "transformer/config.json"
 
