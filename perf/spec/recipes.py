@@ -178,6 +178,13 @@ RECIPES: dict[str, Recipe] = {
             torchao_inductor_config=False, compile_vae=True,
             note="optimized_fullgraph_defaults with FP8 attention and the compiled VAE: the candidate best row",
         ),
+        Recipe(
+            "optimized_fast_cudagraphs", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead",
+            note="optimized_fast replayed as CUDA graphs (compile mode reduce-overhead): the FA3 op's Python launch "
+            "path and the step's host work leave the GPU idle between kernels; hot-swap copies into the captured "
+            "weights",
+        ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(
             "rtx4090_offload", ("rtx4090",), hotswap=False, offload=True,
