@@ -31,7 +31,7 @@ from perf.spec.loras import LoraPool
 from perf.spec.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.spec.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
-from perf.spec.validate import positive_int, validate_run
+from perf.spec.validate import positive_int, positive_seconds, recipe_names, validate_paths, validate_run
 from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id, worker_index
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="timed generations per recipe after warm-up (default: 5 on the tiny model, 3 at full size).",
     )
     group.addoption(
-        "--results-dir", default=None, metavar="DIR",
+        "--results-dir", default=".results", metavar="DIR",
         help="where each recipe's record and thumbnails are written, under DIR/<profile>/ (default: .results).",
     )
     group.addoption(
@@ -90,7 +90,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",
     )
     group.addoption(
-        "--compile-budget", type=float, default=None, metavar="SECONDS",
+        "--compile-budget", type=positive_seconds, default=None, metavar="SECONDS",
         help="longest a compiling first generation may take before the recipe fails with its elapsed time "
         "(default: the profile's: cpu 300, h100/h200 900, rtx4090 1200).",
     )
@@ -141,7 +141,7 @@ class Suite:
 
     @property
     def results_dir(self) -> Path:
-        return Path(self.option("--results-dir") or ".results")
+        return Path(self.option("--results-dir"))
 
     @property
     def baselines_dir(self) -> Path:
@@ -249,20 +249,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
     _quiet_libraries()
-    if config.getoption("--clear-perf-cache"):
-        removed = clear_cache(config.getoption("--perf-cache"))
-        print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
     try:
+        validate_paths(*(Path(config.getoption(name)) for name in ("--results-dir", "--baselines-dir")),
+                       config.getoption("--update-baselines"), config.getoption("--perf-cache"),
+                       config.getoption("--clip-model"), config.rootpath)
+        recipe_names(config.getoption("--recipes"))
         active = resolve_profile(config.getoption("--profile"))
         if active is not None and config.getoption("--compile-budget"):
             budget = config.getoption("--compile-budget")
             active = dataclasses.replace(active, profile=dataclasses.replace(active.profile, compile_budget_s=budget))
-        if config.getoption("--recipes"):
-            for name in config.getoption("--recipes").split(","):
-                if name.strip():
-                    get_recipe(name.strip())
     except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("--clear-perf-cache"):
+        removed = clear_cache(config.getoption("--perf-cache"))
+        print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
     if active is not None:
         apply_memory_cap(active)
         _benchmark_storage_per_profile(config, active.name)
@@ -390,8 +390,8 @@ VERDICT = pytest.StashKey[list]()
 
 def wanted_recipes(config: pytest.Config) -> set[str] | None:
     """The recipe names ``--recipes`` keeps (validated in pytest_configure), or None: all."""
-    wanted = config.getoption("--recipes")
-    return {n.strip() for n in wanted.split(",") if n.strip()} if wanted else None
+    names = recipe_names(config.getoption("--recipes"))
+    return None if names is None else set(names)
 
 
 def case_param(item: pytest.Item) -> tuple[str, str] | None:
