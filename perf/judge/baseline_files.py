@@ -215,6 +215,19 @@ class UnreadableRecord:
         return self.path.stem
 
 
+def folder_problem(path: Path, name: str) -> str | None:
+    """Why ``path``, an input folder of a command, cannot be read (missing, a file, or empty), or None: the
+    commands stop on it with their documented exit status before writing anything."""
+    path = Path(path)
+    if not path.exists():
+        return f"{name} {path}: no such folder"
+    if not path.is_dir():
+        return f"{name} {path}: not a folder"
+    if not any(path.iterdir()):
+        return f"{name} {path}: empty folder"
+    return None
+
+
 def read_records(root: Path, profile: str) -> tuple[dict[str, dict[str, Any]], list[UnreadableRecord]]:
     """All readable records of ``profile`` keyed by recipe name, and the files that could not be read."""
     folder = Path(root) / profile

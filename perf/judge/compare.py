@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from perf.judge.baseline_files import COMPLETED, UnreadableRecord, comparable, read_records
+from perf.judge.baseline_files import COMPLETED, UnreadableRecord, comparable, folder_problem, read_records
 
 Outcome = Literal["ok", "regressed", "improved", "incomparable", "error"]
 
@@ -388,6 +388,33 @@ def any_error(verdicts: Sequence[Verdict]) -> bool:
     return any(v.verdict == "error" for v in verdicts)
 
 
+def nothing_compared(verdicts: Sequence[Verdict], baselines: Path) -> str | None:
+    """Why no recipe of this comparison was judged (every verdict ``incomparable``: no baseline, another pool,
+    model, device or settings), in one line; None when at least one was. A gate that compared nothing has
+    vouched for nothing, so it must not pass as if it had."""
+    if any(v.verdict != "incomparable" for v in verdicts):
+        return None
+    if not Path(baselines).is_dir():
+        return f"nothing compared: no baselines folder {baselines}"
+    by_reason: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        if verdict.metric == "all":
+            by_reason.setdefault(verdict.reason, []).append(verdict.recipe)
+    reasons = "; ".join(f"{', '.join(recipes)}: {reason}" for reason, recipes in by_reason.items())
+    return f"nothing compared against {baselines}: {reasons or 'no records'}"
+
+
+def gate_problem(verdicts: Sequence[Verdict], baselines: Path, first_recording: bool = False) -> str | None:
+    """Why a gating run (``--fail-on-regression``, or this module's exit status) fails, or None. Comparing nothing
+    fails unless this is a ``first_recording`` (the run is recording the baselines it had none of)."""
+    if any_error(verdicts):
+        return "a record of a compared recipe could not be read"
+    if any_regression(verdicts):
+        return "regression found"
+    empty = nothing_compared(verdicts, baselines)
+    return None if first_recording else empty
+
+
 HEADER = ("recipe", "metric", "verdict", "baseline", "candidate", "ratio", "interval", "reason")
 
 
@@ -429,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=CONFIDENCE,
                         help=f"two-sided bootstrap interval level (default: {CONFIDENCE})")
     args = parser.parse_args(argv)
+    problem = (folder_problem(args.baseline_dir, "BASELINE_DIR") or folder_problem(args.candidate_dir, "CANDIDATE_DIR")
+               or folder_problem(args.candidate_dir / args.profile, "CANDIDATE_DIR/PROFILE"))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     candidates, verdicts = compare_folders(args.baseline_dir, args.candidate_dir, args.profile,
                                            args.latency_threshold, args.confidence)
     if not candidates and not any_error(verdicts):
@@ -438,7 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for verdict in verdicts:
         if verdict.verdict == "error":
             print(f"error: {verdict.reason}", file=sys.stderr)
-    return 2 if any_error(verdicts) else 1 if any_regression(verdicts) else 0
+    empty = nothing_compared(verdicts, args.baseline_dir / args.profile)
+    if empty:
+        print(f"error: {empty}", file=sys.stderr)
+    return 2 if any_error(verdicts) or empty else 1 if any_regression(verdicts) else 0
 
 
 if __name__ == "__main__":
