@@ -65,7 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--fail-on-regression", action="store_true",
-        help="exit non-zero when the verdict table (this run against the stored baselines) shows a regression.",
+        help="exit non-zero when the verdict table (this run against the stored baselines) shows a regression, an "
+        "unreadable baseline, or compared nothing (no baseline of this profile, pool, model or settings); with "
+        "--update-baselines, comparing nothing is a first recording and passes.",
     )
     group.addoption(
         "--update-baselines", action="store_true",
@@ -208,6 +210,11 @@ class Suite:
             return str(exc)
 
     @property
+    def first_recording(self) -> bool:
+        """--update-baselines: this run records the baselines, so comparing nothing is expected, not a failure."""
+        return bool(self.option("--update-baselines"))
+
+    @property
     def baselines_to_update(self) -> Path | None:
         """The baselines folder when ``--update-baselines`` asks for records to be written there."""
         return self.baselines_dir if self.option("--update-baselines") else None
@@ -326,17 +333,16 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile: table lines, and whether the gate
-    fails (a regression, or a recipe of this run whose baseline file cannot be read: the other recipes are
-    still judged, and the broken file is named with its fix)."""
-    from perf.judge.compare import any_error, any_regression, compare_records, format_table
+    fails (``perf.judge.compare.gate_problem``: a regression, a recipe of this run whose baseline file cannot be
+    read, or no recipe compared at all, unless this run records them with --update-baselines)."""
+    from perf.judge.compare import compare_records, format_table, gate_problem
 
     stored, unreadable = suite.stored_baselines
     baselines = {name: stored[name] for name in suite.finished if name in stored}
     broken = [record for record in unreadable if record.recipe in suite.finished]
-    if not baselines and not broken:
-        return ["no stored baseline for the recipes run; record them with --update-baselines"], False
-    verdicts = compare_records(baselines, {name: suite.finished[name] for name in baselines}, unreadable=broken)
-    return format_table(verdicts).splitlines(), any_regression(verdicts) or any_error(verdicts)
+    verdicts = compare_records(baselines, suite.finished, unreadable=broken)
+    problem = gate_problem(verdicts, suite.baselines_dir / suite.active.name, suite.first_recording)
+    return format_table(verdicts).splitlines() + ([problem] if problem else []), problem is not None
 
 
 def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
@@ -369,7 +375,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines, failed = verdict_lines(suite)
     session.config.stash[VERDICT] = lines
     if failed and session.config.getoption("--fail-on-regression"):
-        lines.append("regression or unreadable baseline found: failing the run (--fail-on-regression)")
+        lines.append("failing the run (--fail-on-regression)")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -248,10 +248,10 @@ def test_cli_exits_zero_without_regression(tmp_path, capsys):
     assert "improved" in capsys.readouterr().out
 
 
-def test_cli_refuses_an_empty_candidate_folder(tmp_path, capsys):
+def test_cli_refuses_a_missing_candidate_folder(tmp_path, capsys):
     base, _ = write_run(tmp_path, record())
     assert main([str(base), str(tmp_path / "nothing"), "--profile", "h100"]) == 2
-    assert "no records" in capsys.readouterr().err
+    assert f"CANDIDATE_DIR {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
 
 
 def test_module_entry_point_exits_one_on_regression(tmp_path):
