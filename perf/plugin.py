@@ -21,11 +21,12 @@ import pytest
 
 from perf.errors import SuiteError
 from perf.judge import benchmark_storage
-from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records
+from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records, refuse_foreign
 from perf.run.case import Case, CaseFailed, keep_record, open_case
 from perf.run.churn import churn_pool, churn_sequence
 from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
+from perf.run.recording import identity
 from perf.spec.cache import cache_dir, clear_cache
 from perf.spec.loras import LoraPool
 from perf.spec.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
@@ -75,7 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--overwrite-foreign-baselines", action="store_true",
-        help="with --update-baselines: allow replacing a baseline recorded on another device or model source.",
+        help="with --update-baselines: allow replacing a baseline of another run (device, model source, settings "
+        "or LoRA pool); its thumbnails go with it.",
     )
     group.addoption(
         "--clear-perf-cache", action="store_true",
@@ -170,6 +172,8 @@ class Suite:
         if running:
             spec = self.spec
             validate_run(spec.source, spec.pool, spec.max_rank, any(r.hotswap for r in running))
+            if self.baselines_to_update and not self.option("--overwrite-foreign-baselines"):
+                refuse_foreign(self.baselines_to_update, (identity(recipe, spec) for recipe in running))
 
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
@@ -304,11 +308,12 @@ def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
     if not hasattr(option, "benchmark_storage"):
         return  # pytest-benchmark is not loaded (-p no:benchmark)
     folder = benchmark_storage.benchmarks_folder(config.getoption("--baselines-dir"), profile)
-    if option.benchmark_storage == DEFAULT_BENCHMARK_STORAGE:
-        option.benchmark_storage = f"file://{folder}"
-    if config.getoption("--update-baselines") and not option.benchmark_save:
+    updating = config.getoption("--update-baselines")
+    if option.benchmark_storage == DEFAULT_BENCHMARK_STORAGE and (updating or folder.is_dir()):
+        option.benchmark_storage = f"file://{folder}"  # pytest-benchmark creates it: only where it is written
+    if updating and not option.benchmark_save:
         option.benchmark_save = benchmark_storage.SAVE_NAME
-    if option.benchmark_compare is True and option.benchmark_storage == f"file://{folder}":
+    if option.benchmark_compare is True and option.benchmark_storage in (DEFAULT_BENCHMARK_STORAGE, f"file://{folder}"):
         latest = benchmark_storage.latest_baseline(folder)
         if latest is None:
             config.stash[COMPARE_NOTE] = (
