@@ -114,6 +114,7 @@ class Suite:
     config: pytest.Config
     active: ActiveProfile | None
     finished: dict = field(default_factory=dict)  # recipe name -> its record, as each case is saved
+    stopped: bool = False  # interrupted: a case torn down now is cut off, and is not saved as a baseline
 
     def option(self, name: str):
         return self.config.getoption(name)
@@ -225,6 +226,9 @@ class Suite:
 
     def close_case(self, case: Case) -> None:
         """Save the case's record, release its pipeline, and check its memory came back."""
+        if self.stopped:
+            case.release()
+            return
         case.save(self.results_dir, self.baselines_to_update, self.option("--overwrite-foreign-baselines"))
         self.finished[case.recipe.name] = case.record
         device = case.built.device_type
@@ -240,6 +244,15 @@ class Suite:
         keep_record(record, images, self.results_dir, self.baselines_to_update,
                     self.option("--overwrite-foreign-baselines"))
         self.finished[record["recipe"]["name"]] = record
+
+    def interrupted(self) -> str:
+        """What an interrupted run kept, in one line: each finished recipe's record (and, when updating, its
+        baseline and timing) was written whole; the recipe cut off and those not reached were not."""
+        done = sorted(self.finished)
+        kept = f"kept the records of {', '.join(done)} in {self.results_dir}" if done else "kept no record"
+        if done and self.baselines_to_update:
+            kept += f" and as baselines (with their timings) in {self.baselines_to_update}"
+        return f"flux-lora-perf: interrupted: {kept}; the recipe cut off and those not reached were not saved"
 
     def progress(self, message: str) -> None:
         """A line on the terminal now, past pytest's output capture: GPU rows take minutes each."""
@@ -377,6 +390,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite = session.config.stash.get(SUITE, None)
     if suite is not None and suite.active is not None and is_controller(session.config):
         suite.finished.update(suite.session_records())  # the workers ran the recipes
+    if exitstatus == pytest.ExitCode.INTERRUPTED and suite is not None and suite.active is not None:
+        session.config.stash[INTERRUPTED] = suite.interrupted()
+        suite.stopped = True
+        timings = getattr(getattr(session.config, "_benchmarksession", None), "benchmarks", [])
+        timings[:] = [bench for bench in timings if bench.stats.data]  # the cut-off round's timing is not saved
     if suite is None or not suite.finished:
         return
     lines, failed = verdict_lines(suite)
@@ -387,6 +405,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if INTERRUPTED in config.stash:
+        terminalreporter.write_line(config.stash[INTERRUPTED])
     note = config.stash.get(COMPARE_NOTE, None)
     if note:
         terminalreporter.write_line(f"flux-lora-perf: {note}")
@@ -399,6 +419,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 VERDICT = pytest.StashKey[list]()
+INTERRUPTED = pytest.StashKey[str]()
 
 
 def wanted_recipes(config: pytest.Config) -> set[str] | None:
