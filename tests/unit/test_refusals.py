@@ -4,7 +4,11 @@ that compared nothing fails. Each refusal is one short message with its exit sta
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +226,32 @@ def test_a_gating_run_against_an_empty_baselines_folder_fails_in_one_line(tmp_pa
     assert f"nothing compared: no baselines folder {baselines / 'cpu'}" in verdict
     assert "failing the run (--fail-on-regression)" in verdict
     assert not any(baselines.iterdir())
+
+
+# --- interrupts ----------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_a_baseline_update_says_what_was_saved_and_leaves_the_baselines_whole(tmp_path, tiny_cache):
+    """SIGINT while the first recipe is being built: one line saying nothing was kept, no pytest-benchmark
+    traceback, and the baselines folder exactly as it was."""
+    baselines = tmp_path / "baselines"
+    shutil.copytree(BASELINES / "cpu", baselines / "cpu")
+    before = disk_state(baselines)
+    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(tiny_cache)}
+    env.pop("FLUX_LORA_PERF_SESSION", None)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "tests/perf", "-m", "cpu", "--recipes", "hotswap_eager", "--no-cold-start",
+         "--update-baselines", "--baselines-dir", str(baselines), "--results-dir", str(tmp_path / "results"), "-q",
+         "-p", "no:cacheprovider"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if "building" in line:
+            child.send_signal(signal.SIGINT)
+            break
+    output = "".join(lines) + child.communicate(timeout=300)[0]
+    assert child.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "flux-lora-perf: interrupted: kept no record; the recipe cut off" in output
+    assert "Traceback" not in output and "min() arg" not in output, output
+    assert len(output.splitlines()) < MAX_LINES, output
+    assert disk_state(baselines) == before
