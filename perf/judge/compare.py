@@ -56,9 +56,11 @@ WALL_TIME_NOT_GATED = {"cpu"}
 """Profiles whose wall times (latency, warm-up, start, swap) are reported but never fail the gate: on the
 ``cpu`` profile, on a 2-core machine shared with other work, the same tree's ``hotswap_eager`` median moved
 0.05-1.9 s from run to run, and every recipe's latency read "regressed" (3.8-92x) against the stored baselines.
-That profile exists to test the machinery, not to time it. Its latency is gated on the CPU seconds of the same
-generations instead (``latency_cpu_median_s``, from ``latency.cpu_samples_s``), which the other tenants' load does
-not stretch, and on counts (graphs, recompiles), which do not move with the machine at all."""
+That profile exists to test the machinery, not to time it. The CPU seconds of the same generations are reported
+beside them (``latency_cpu_median_s``, from ``latency.cpu_samples_s``), not gated either: in an A/A pair on that
+machine (2026-11-29, hotswap_eager, 5 rounds a side) they moved 1.265 -> 0.436 s (2.9x), as torch's OpenMP threads
+spin while they wait for a core that another tenant holds. The ``cpu`` profile is gated on counts (graphs,
+recompiles, cache misses), which do not move with the machine at all, and on its checks."""
 
 CONFIDENCE = 0.80
 """Two-sided interval level, so each bound is a 90% one-sided bound. The margin does most of the work against
@@ -349,7 +351,7 @@ def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, A
 
 
 CPU_LATENCY_METRIC = "latency_cpu_median_s"
-WALL_TIME_METRICS = {"latency_median_s", "warmup_s", *START_METRICS, "churn.swap_p95_s"}
+WALL_TIME_METRICS = {"latency_median_s", CPU_LATENCY_METRIC, "warmup_s", *START_METRICS, "churn.swap_p95_s"}
 
 
 def judged(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], margin: float,

@@ -101,8 +101,8 @@ class Case:
         return self.churn_result
 
     def add_latency(self, samples: list[float], timer: str, cpu_samples: list[float]) -> None:
-        """Wall-clock samples (what users feel; gated on GPUs) and the CPU seconds of the same calls (gated on
-        the ``cpu`` profile, where wall time follows the machine's other load: ``perf.judge.compare``)."""
+        """Wall-clock samples (what users feel; gated on GPUs) and the CPU seconds of the same calls (reported
+        beside them; on the ``cpu`` profile neither is gated: ``perf.judge.compare.WALL_TIME_NOT_GATED``)."""
         self.record["latency"] = {**latency_summary(samples), "timer": timer,
                                   "cpu_samples_s": [round(s, 6) for s in cpu_samples]}
 
