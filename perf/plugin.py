@@ -21,17 +21,18 @@ import pytest
 
 from perf.errors import SuiteError
 from perf.judge import benchmark_storage
-from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records
+from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records, refuse_foreign
 from perf.run.case import Case, CaseFailed, keep_record, open_case
 from perf.run.churn import churn_pool, churn_sequence
 from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
+from perf.run.recording import identity
 from perf.spec.cache import cache_dir, clear_cache
 from perf.spec.loras import LoraPool
 from perf.spec.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.spec.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
-from perf.spec.validate import positive_int, validate_run
+from perf.spec.validate import positive_int, positive_seconds, recipe_names, validate_paths, validate_run
 from perf.workers import is_controller, pin_worker_gpu, recipe_scheduler, session_id, worker_index
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
@@ -56,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="timed generations per recipe after warm-up (default: 5 on the tiny model, 3 at full size).",
     )
     group.addoption(
-        "--results-dir", default=None, metavar="DIR",
+        "--results-dir", default=".results", metavar="DIR",
         help="where each recipe's record and thumbnails are written, under DIR/<profile>/ (default: .results).",
     )
     group.addoption(
@@ -65,7 +66,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--fail-on-regression", action="store_true",
-        help="exit non-zero when the verdict table (this run against the stored baselines) shows a regression.",
+        help="exit non-zero when the verdict table (this run against the stored baselines) shows a regression, an "
+        "unreadable baseline, or compared nothing (no baseline of this profile, pool, model or settings); with "
+        "--update-baselines, comparing nothing is a first recording and passes.",
     )
     group.addoption(
         "--update-baselines", action="store_true",
@@ -73,7 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--overwrite-foreign-baselines", action="store_true",
-        help="with --update-baselines: allow replacing a baseline recorded on another device or model source.",
+        help="with --update-baselines: allow replacing a baseline of another run (device, model source, settings "
+        "or LoRA pool); its thumbnails go with it.",
     )
     group.addoption(
         "--clear-perf-cache", action="store_true",
@@ -90,7 +94,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",
     )
     group.addoption(
-        "--compile-budget", type=float, default=None, metavar="SECONDS",
+        "--compile-budget", type=positive_seconds, default=None, metavar="SECONDS",
         help="longest a compiling first generation may take before the recipe fails with its elapsed time "
         "(default: the profile's: cpu 300, h100/h200 900, rtx4090 1200).",
     )
@@ -110,6 +114,7 @@ class Suite:
     config: pytest.Config
     active: ActiveProfile | None
     finished: dict = field(default_factory=dict)  # recipe name -> its record, as each case is saved
+    stopped: bool = False  # interrupted: a case torn down now is cut off, and is not saved as a baseline
 
     def option(self, name: str):
         return self.config.getoption(name)
@@ -141,7 +146,7 @@ class Suite:
 
     @property
     def results_dir(self) -> Path:
-        return Path(self.option("--results-dir") or ".results")
+        return Path(self.option("--results-dir"))
 
     @property
     def baselines_dir(self) -> Path:
@@ -168,6 +173,8 @@ class Suite:
         if running:
             spec = self.spec
             validate_run(spec.source, spec.pool, spec.max_rank, any(r.hotswap for r in running))
+            if self.baselines_to_update and not self.option("--overwrite-foreign-baselines"):
+                refuse_foreign(self.baselines_to_update, (identity(recipe, spec) for recipe in running))
 
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
@@ -208,12 +215,20 @@ class Suite:
             return str(exc)
 
     @property
+    def first_recording(self) -> bool:
+        """--update-baselines: this run records the baselines, so comparing nothing is expected, not a failure."""
+        return bool(self.option("--update-baselines"))
+
+    @property
     def baselines_to_update(self) -> Path | None:
         """The baselines folder when ``--update-baselines`` asks for records to be written there."""
         return self.baselines_dir if self.option("--update-baselines") else None
 
     def close_case(self, case: Case) -> None:
         """Save the case's record, release its pipeline, and check its memory came back."""
+        if self.stopped:
+            case.release()
+            return
         case.save(self.results_dir, self.baselines_to_update, self.option("--overwrite-foreign-baselines"))
         self.finished[case.recipe.name] = case.record
         device = case.built.device_type
@@ -229,6 +244,15 @@ class Suite:
         keep_record(record, images, self.results_dir, self.baselines_to_update,
                     self.option("--overwrite-foreign-baselines"))
         self.finished[record["recipe"]["name"]] = record
+
+    def interrupted(self) -> str:
+        """What an interrupted run kept, in one line: each finished recipe's record (and, when updating, its
+        baseline and timing) was written whole; the recipe cut off and those not reached were not."""
+        done = sorted(self.finished)
+        kept = f"kept the records of {', '.join(done)} in {self.results_dir}" if done else "kept no record"
+        if done and self.baselines_to_update:
+            kept += f" and as baselines (with their timings) in {self.baselines_to_update}"
+        return f"flux-lora-perf: interrupted: {kept}; the recipe cut off and those not reached were not saved"
 
     def progress(self, message: str) -> None:
         """A line on the terminal now, past pytest's output capture: GPU rows take minutes each."""
@@ -249,20 +273,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
     _quiet_libraries()
-    if config.getoption("--clear-perf-cache"):
-        removed = clear_cache(config.getoption("--perf-cache"))
-        print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
     try:
+        validate_paths(*(Path(config.getoption(name)) for name in ("--results-dir", "--baselines-dir")),
+                       config.getoption("--update-baselines"), config.getoption("--perf-cache"),
+                       config.getoption("--clip-model"), config.rootpath)
+        recipe_names(config.getoption("--recipes"))
         active = resolve_profile(config.getoption("--profile"))
         if active is not None and config.getoption("--compile-budget"):
             budget = config.getoption("--compile-budget")
             active = dataclasses.replace(active, profile=dataclasses.replace(active.profile, compile_budget_s=budget))
-        if config.getoption("--recipes"):
-            for name in config.getoption("--recipes").split(","):
-                if name.strip():
-                    get_recipe(name.strip())
     except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("--clear-perf-cache"):
+        removed = clear_cache(config.getoption("--perf-cache"))
+        print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
     if active is not None:
         apply_memory_cap(active)
         _benchmark_storage_per_profile(config, active.name)
@@ -297,11 +321,12 @@ def _benchmark_storage_per_profile(config: pytest.Config, profile: str) -> None:
     if not hasattr(option, "benchmark_storage"):
         return  # pytest-benchmark is not loaded (-p no:benchmark)
     folder = benchmark_storage.benchmarks_folder(config.getoption("--baselines-dir"), profile)
-    if option.benchmark_storage == DEFAULT_BENCHMARK_STORAGE:
-        option.benchmark_storage = f"file://{folder}"
-    if config.getoption("--update-baselines") and not option.benchmark_save:
+    updating = config.getoption("--update-baselines")
+    if option.benchmark_storage == DEFAULT_BENCHMARK_STORAGE and (updating or folder.is_dir()):
+        option.benchmark_storage = f"file://{folder}"  # pytest-benchmark creates it: only where it is written
+    if updating and not option.benchmark_save:
         option.benchmark_save = benchmark_storage.SAVE_NAME
-    if option.benchmark_compare is True and option.benchmark_storage == f"file://{folder}":
+    if option.benchmark_compare is True and option.benchmark_storage in (DEFAULT_BENCHMARK_STORAGE, f"file://{folder}"):
         latest = benchmark_storage.latest_baseline(folder)
         if latest is None:
             config.stash[COMPARE_NOTE] = (
@@ -320,23 +345,24 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         return
     suite = config.stash[SUITE]
     folder = benchmark_storage.benchmarks_folder(suite.baselines_dir, suite.active.name)
-    stored = [json.loads(path.read_text()) for path in benchmark_storage.stored_baselines(folder)]
+    stored, unreadable = benchmark_storage.read_stored(folder)
+    for path in unreadable:
+        suite.progress(f"flux-lora-perf: {path} cannot be read (cut short?): left out of the new stored timings")
     output_json.update(benchmark_storage.merged_with_stored(output_json, stored))
 
 
 def verdict_lines(suite: Suite) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile: table lines, and whether the gate
-    fails (a regression, or a recipe of this run whose baseline file cannot be read: the other recipes are
-    still judged, and the broken file is named with its fix)."""
-    from perf.judge.compare import any_error, any_regression, compare_records, format_table
+    fails (``perf.judge.compare.gate_problem``: a regression, a recipe of this run whose baseline file cannot be
+    read, or no recipe compared at all, unless this run records them with --update-baselines)."""
+    from perf.judge.compare import compare_records, format_table, gate_problem
 
     stored, unreadable = suite.stored_baselines
     baselines = {name: stored[name] for name in suite.finished if name in stored}
     broken = [record for record in unreadable if record.recipe in suite.finished]
-    if not baselines and not broken:
-        return ["no stored baseline for the recipes run; record them with --update-baselines"], False
-    verdicts = compare_records(baselines, {name: suite.finished[name] for name in baselines}, unreadable=broken)
-    return format_table(verdicts).splitlines(), any_regression(verdicts) or any_error(verdicts)
+    verdicts = compare_records(baselines, suite.finished, unreadable=broken)
+    problem = gate_problem(verdicts, suite.baselines_dir / suite.active.name, suite.first_recording)
+    return format_table(verdicts).splitlines() + ([problem] if problem else []), problem is not None
 
 
 def write_session_summary(session: pytest.Session, exitstatus: int) -> None:
@@ -364,16 +390,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite = session.config.stash.get(SUITE, None)
     if suite is not None and suite.active is not None and is_controller(session.config):
         suite.finished.update(suite.session_records())  # the workers ran the recipes
+    if exitstatus == pytest.ExitCode.INTERRUPTED and suite is not None and suite.active is not None:
+        session.config.stash[INTERRUPTED] = suite.interrupted()
+        suite.stopped = True
+        timings = getattr(getattr(session.config, "_benchmarksession", None), "benchmarks", [])
+        timings[:] = [bench for bench in timings if bench.stats.data]  # the cut-off round's timing is not saved
     if suite is None or not suite.finished:
         return
     lines, failed = verdict_lines(suite)
     session.config.stash[VERDICT] = lines
     if failed and session.config.getoption("--fail-on-regression"):
-        lines.append("regression or unreadable baseline found: failing the run (--fail-on-regression)")
+        lines.append("failing the run (--fail-on-regression)")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if INTERRUPTED in config.stash:
+        terminalreporter.write_line(config.stash[INTERRUPTED])
     note = config.stash.get(COMPARE_NOTE, None)
     if note:
         terminalreporter.write_line(f"flux-lora-perf: {note}")
@@ -386,12 +419,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 VERDICT = pytest.StashKey[list]()
+INTERRUPTED = pytest.StashKey[str]()
 
 
 def wanted_recipes(config: pytest.Config) -> set[str] | None:
     """The recipe names ``--recipes`` keeps (validated in pytest_configure), or None: all."""
-    wanted = config.getoption("--recipes")
-    return {n.strip() for n in wanted.split(",") if n.strip()} if wanted else None
+    names = recipe_names(config.getoption("--recipes"))
+    return None if names is None else set(names)
 
 
 def case_param(item: pytest.Item) -> tuple[str, str] | None:
@@ -432,6 +466,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STARTED] = time.perf_counter()
     suite = session.config.stash[SUITE]
+    benchmark_storage.save_atomically(getattr(getattr(session.config, "_benchmarksession", None), "storage", None))
     if suite.active is not None:
         suite.stored_baselines  # noqa: B018 - read now: --update-baselines rewrites them as recipes finish
     if is_controller(session.config):  # xdist's controller collects nothing: check every case --recipes keeps

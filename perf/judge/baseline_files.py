@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -157,27 +158,40 @@ def load_thumbnail(path: Path) -> np.ndarray:
     return np.asarray(_open_rgb(path), dtype=np.float32) / 255.0
 
 
+def refuse_foreign(root: Path, records: Iterable[dict[str, Any]]) -> None:
+    """``BaselineError`` for the first stored record under ``root`` that one of ``records`` would replace though
+    it is of another run (``comparable``: device, model source, settings, emulation or LoRA pool): replacing it
+    would leave the next default run incomparable, a gate that passes having compared nothing. A corrupt record
+    may be replaced."""
+    for record in records:
+        path = record_path(root, record["profile"], record["recipe"]["name"])
+        try:
+            reason = comparable(read_record(path), record) if path.exists() else None
+        except BaselineError:
+            continue
+        if reason:
+            raise BaselineError(
+                f"--update-baselines would replace {path}, a baseline of another run ({reason}); pass "
+                "--overwrite-foreign-baselines to replace it, or --baselines-dir another folder"
+            )
+
+
 def write_record(root: Path, record: dict[str, Any], images: dict[str, np.ndarray] | None = None,
                  overwrite_foreign: bool = False) -> Path:
-    """Write ``record`` (and its thumbnails) under ``root``; refuse to replace a record of another device or
-    model source unless ``overwrite_foreign``. Returns the record's path."""
+    """Write ``record`` (and its thumbnails) under ``root``; refuse to replace a record of another run
+    (``refuse_foreign``) unless ``overwrite_foreign``. Thumbnails of the replaced record that the new one does not
+    have are removed once the new record is in place. Returns the record's path."""
     path = record_path(root, record["profile"], record["recipe"]["name"])
-    if path.exists() and not overwrite_foreign:
-        try:
-            old = read_record(path)
-        except BaselineError:
-            old = None  # a corrupt record may be replaced
-        if old is not None and (old["device"], old["model_source"]) != (record["device"], record["model_source"]):
-            raise BaselineError(
-                f"{path} holds a baseline from {old['device']} / {old['model_source']}; this run is "
-                f"{record['device']} / {record['model_source']}. Pass --overwrite-foreign-baselines to replace it"
-            )
+    if not overwrite_foreign:
+        refuse_foreign(root, [record])
     record = {**record, "images": {}}
     for adapter, image in (images or {}).items():
         png = path.with_name(f"{path.stem}.{adapter}.png")
         save_thumbnail(image, png)
         record["images"][adapter] = png.name
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    for stale in set(path.parent.glob(f"{path.stem}.*.png")) - {path.with_name(n) for n in record["images"].values()}:
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -213,6 +227,19 @@ class UnreadableRecord:
     @property
     def recipe(self) -> str:
         return self.path.stem
+
+
+def folder_problem(path: Path, name: str) -> str | None:
+    """Why ``path``, an input folder of a command, cannot be read (missing, a file, or empty), or None: the
+    commands stop on it with their documented exit status before writing anything."""
+    path = Path(path)
+    if not path.exists():
+        return f"{name} {path}: no such folder"
+    if not path.is_dir():
+        return f"{name} {path}: not a folder"
+    if not any(path.iterdir()):
+        return f"{name} {path}: empty folder"
+    return None
 
 
 def read_records(root: Path, profile: str) -> tuple[dict[str, dict[str, Any]], list[UnreadableRecord]]:

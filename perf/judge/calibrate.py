@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records
+from perf.errors import SuiteError
+from perf.judge.baseline_files import atomic_write_bytes, folder_problem, now_iso, read_records
 from perf.judge.compare import (
     START_FACTOR,
     cache_state,
@@ -218,15 +219,23 @@ def markdown(rows: Sequence[Calibration], profile: str, sources: list[dict[str, 
     ])
 
 
+COMPLETE_EXITS = (0, 1)
+"""pytest exits of a run whose records count: all passed, or some tests failed (a failing check is data). An
+interrupted (2), broken (3) or refused (4) run, or one that collected nothing (5), is not an A/A run."""
+
+
 def run_suite(profile: str, runs: int, work: Path, pytest_args: Sequence[str]) -> list[Path]:
-    """``runs`` A/A repeats of the perf suite on this machine, each into its own results folder."""
+    """``runs`` A/A repeats of the perf suite on this machine, each into its own results folder. ``SuiteError`` at
+    the first run that did not complete, so no table is written from part of the runs."""
     folders = []
     for i in range(runs):
         folder = work / f"run{i + 1}"
         command = [sys.executable, "-m", "pytest", "tests/perf", "-m", profile, "--profile", profile,
                    "--results-dir", str(folder), "-p", "no:cacheprovider", *pytest_args]
         print(f"calibration run {i + 1}/{runs}: {' '.join(command)}", flush=True)
-        subprocess.run(command, check=False)
+        status = subprocess.run(command, check=False).returncode
+        if status not in COMPLETE_EXITS:
+            raise SuiteError(f"calibration run {i + 1}/{runs} ended with pytest exit {status}, not a complete run")
         folders.append(folder)
     return folders
 
@@ -250,7 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     pytest_args = [a for a in pytest_args if a != "--"]
     if args.runs < 0:
         parser.error("--runs must be 0 or more")
-    folders = [args.baselines_dir, *args.sources, *run_suite(args.profile, args.runs, args.work, pytest_args)]
+    problems = [folder_problem(folder / args.profile, name) for folder, name in (
+        (args.baselines_dir, "--baselines-dir"), *((source, "--from") for source in args.sources))]
+    if any(problems):  # a folder that holds nothing would shrink the table it overwrites
+        print(f"error: {next(p for p in problems if p)}; nothing written", file=sys.stderr)
+        return 2
+    try:
+        folders = [args.baselines_dir, *args.sources, *run_suite(args.profile, args.runs, args.work, pytest_args)]
+    except (SuiteError, KeyboardInterrupt) as exc:
+        print(f"error: {exc or 'interrupted during the A/A runs'}; nothing written", file=sys.stderr)
+        return 2
     runs, sources = collect(folders, args.profile)
     if not runs:
         print(f"error: no {args.profile} records in {', '.join(map(str, folders))}", file=sys.stderr)

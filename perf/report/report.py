@@ -18,7 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from perf.judge.baseline_files import COMPLETED, read_records
+from perf.judge.baseline_files import COMPLETED, atomic_write_bytes, folder_problem, read_records
 from perf.judge.compare import (
     HEADER,
     Verdict,
@@ -229,7 +229,7 @@ def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | 
     tables = "\n\n".join(sections) + "\n"
     images = "\n\n".join(f"![{name}]({name}.png)" for name in plots)
     path = out / "report.md"
-    path.write_text(f"{tables}\n## Plots\n\n{images}\n")
+    atomic_write_bytes(path, f"{tables}\n## Plots\n\n{images}\n".encode())
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
@@ -258,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of a report, rewrite FILE's block <!-- results:<profile>:start/end --> with "
                         "the results table of RECORDS_DIR (e.g. baselines/h100 into README.md)")
     args = parser.parse_args(argv)
+    inputs = [(args.records_dir, "RECORDS_DIR"), *([(args.baselines, "--baselines")] if args.baselines else [])]
+    problem = next(filter(None, (folder_problem(path, name) for path, name in inputs)), None)
+    if args.readme and not args.readme.is_file():
+        problem = problem or f"--readme {args.readme}: no such file"
+    if problem:
+        print(f"error: {problem}; nothing written", file=sys.stderr)
+        return 2
     profile = args.records_dir.name
     verdicts = None
     if args.baselines:
@@ -272,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
     if args.readme:
-        args.readme.write_text(replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records)))
+        text = replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records))
+        atomic_write_bytes(args.readme, text.encode())
         print(f"{args.readme}: results:{profile} table rewritten from {args.records_dir}")
     else:
         print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))

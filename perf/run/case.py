@@ -100,8 +100,11 @@ class Case:
             self.record["churn"] = self.churn_result.summary()
         return self.churn_result
 
-    def add_latency(self, samples: list[float], timer: str) -> None:
-        self.record["latency"] = {**latency_summary(samples), "timer": timer}
+    def add_latency(self, samples: list[float], timer: str, cpu_samples: list[float]) -> None:
+        """Wall-clock samples (what users feel; gated on GPUs) and the CPU seconds of the same calls (reported
+        beside them; on the ``cpu`` profile neither is gated: ``perf.judge.compare.WALL_TIME_NOT_GATED``)."""
+        self.record["latency"] = {**latency_summary(samples), "timer": timer,
+                                  "cpu_samples_s": [round(s, 6) for s in cpu_samples]}
 
     def add_cold_start(self, cold_start: ColdStart | str | None) -> None:
         """The cold/warm start measured before this case was built (or why it failed), and its summary in the

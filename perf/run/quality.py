@@ -25,6 +25,7 @@ from perf.judge.baseline_files import thumbnail, to_uint8
 from perf.spec.cache import build_once
 from perf.spec.models import synthetic_tokenizers
 from perf.spec.recipes import Recipe
+from perf.spec.validate import names_a_folder
 
 if TYPE_CHECKING:
     from torchmetrics.multimodal import CLIPScore
@@ -131,7 +132,7 @@ def load_clip_scorer(spec: str | None, cache: Path) -> ClipScorer:
     from torchmetrics.multimodal import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
-    is_folder = spec is not None and (spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists())
+    is_folder = spec is not None and names_a_folder(spec)
     where = synthetic_clip_folder(cache) if spec is None else Path(spec).expanduser() if is_folder else spec
     try:
         with _hub_offline():

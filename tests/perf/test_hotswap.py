@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from perf.run.checks import cudagraph_problem
-from perf.run.measure import synchronize, time_rounds
+from perf.run.measure import cpu_timed, synchronize, time_rounds
 from perf.run.watchers import RecompileWatcher
 
 
@@ -90,12 +90,13 @@ def test_generation_latency(benchmark, case, suite):
         peak_memory=case.record["peak_memory"],
     )
     setup = next_adapter if case.recipe.hotswap else None
+    generate, cpu_seconds = cpu_timed(built.generate)
     with RecompileWatcher() as watcher:
         if benchmark.disabled:  # pytest-benchmark is off under pytest-xdist: the suite times the same rounds
-            case.add_latency(time_rounds(built.generate, setup, suite.rounds, device), timer="suite")
+            case.add_latency(time_rounds(generate, setup, suite.rounds, device), "suite", cpu_seconds)
         else:
-            benchmark.pedantic(built.generate, setup=setup, rounds=suite.rounds, iterations=1, warmup_rounds=0)
-            case.add_latency(list(benchmark.stats.stats.data), timer="pytest-benchmark")
+            benchmark.pedantic(generate, setup=setup, rounds=suite.rounds, iterations=1, warmup_rounds=0)
+            case.add_latency(list(benchmark.stats.stats.data), "pytest-benchmark", cpu_seconds)
     if case.recipe.compiled and case.recipe.hotswap:
         assert watcher.count == 0, f"{watcher.count} recompiles while timing hot-swapped generations"
     if case.recipe.cudagraphs:

@@ -240,18 +240,29 @@ def test_baseline_missing_fields_names_them(tmp_path):
         read_record(path)
 
 
-@pytest.mark.parametrize(
-    "change", [{"device": "NVIDIA H100 80GB HBM3"}, {"model_source": "pretrained:black-forest-labs/FLUX.1-dev"}],
-    ids=["other-device", "other-model"],
-)
-def test_baseline_of_another_device_or_model_is_never_replaced_by_accident(tmp_path, change):
-    """A CPU run must not overwrite an H100 baseline (or a real model's with the synthetic one's): refused,
-    the stored record untouched, unless the user asks for it explicitly."""
-    path = write_record(tmp_path, make_record())
-    stored = path.read_bytes()
-    foreign = make_record(**change)
+SYNTHETIC_POOL = [{"name": "style_a", "rank": 4, "modules": 7, "synthetic": True}]
+USER_POOL = [{"name": "lora0", "rank": 16, "modules": 190, "synthetic": False, "file": "mine.safetensors",
+              "sha256": "c" * 64}]
 
-    with pytest.raises(BaselineError, match=r"holds a baseline from x86_64 / synthetic-tiny.*--overwrite-foreign"):
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [({"device": "NVIDIA H100 80GB HBM3"}, "device differs"),
+     ({"model_source": "pretrained:black-forest-labs/FLUX.1-dev"}, "model_source differs"),
+     ({"settings": {"height": 512}}, "settings differs"),
+     ({"lora_pool": USER_POOL}, "LoRA pool differs")],
+    ids=["other-device", "other-model", "other-settings", "other-pool"],
+)
+def test_baseline_of_another_run_is_never_replaced_by_accident(tmp_path, change, differs):
+    """A CPU run must not overwrite an H100 baseline, nor the synthetic pool's with a user's own LoRAs (the next
+    default run would be incomparable and pass): refused, naming what differs and the override, the stored
+    record untouched, unless the user asks for it explicitly."""
+    path = write_record(tmp_path, make_record(settings={"height": 64}, lora_pool=SYNTHETIC_POOL))
+    stored = path.read_bytes()
+    foreign = make_record(**{"settings": {"height": 64}, "lora_pool": SYNTHETIC_POOL, **change})
+
+    with pytest.raises(BaselineError, match=rf"would replace {path}, a baseline of another run \({differs}.*"
+                                            r"pass --overwrite-foreign-baselines"):
         write_record(tmp_path, foreign)
     assert path.read_bytes() == stored
 

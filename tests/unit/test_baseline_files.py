@@ -101,3 +101,13 @@ def test_png_of_another_size_is_rewritten(tmp_path):
     png = write_images(tmp_path, level_grid_image())
     write_images(tmp_path, level_grid_image()[: SIDE // 2])
     assert png.read_bytes() == png_bytes(thumbnail_image(level_grid_image()[: SIDE // 2]))
+
+
+def test_a_replaced_record_takes_its_thumbnails_with_it(tmp_path):
+    """A record re-recorded with other adapters leaves no thumbnail of the old ones beside it; another recipe's
+    thumbnails (a name that starts the same) are not touched."""
+    write_record(tmp_path, h100_record("optimized_fast", [1.0]), {"style_a": level_grid_image()})
+    path = write_record(tmp_path, h100_record("optimized", [1.0]), {"style_a": level_grid_image(),
+                                                                    "style_b": level_grid_image(1)})
+    write_record(tmp_path, h100_record("optimized", [1.0]), {"lora0": level_grid_image(2)})
+    assert sorted(p.name for p in path.parent.glob("*.png")) == ["optimized.lora0.png", "optimized_fast.style_a.png"]

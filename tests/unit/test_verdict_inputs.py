@@ -80,10 +80,17 @@ def test_a_corrupt_record_of_the_run_itself_is_an_error(run, capsys):
     assert "optimized.json is corrupt" in capsys.readouterr().err
 
 
+def gating_suite(baselines: Path, finished: dict[str, dict], first_recording: bool = False) -> SimpleNamespace:
+    """What ``verdict_lines`` reads of the plugin's suite: an H100 run's records and the baselines it started with."""
+    return SimpleNamespace(stored_baselines=read_records(baselines, "h100"), finished=finished,
+                           baselines_dir=baselines, active=SimpleNamespace(name="h100"),
+                           first_recording=first_recording)
+
+
 def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(run):
     baselines, _ = run
     finished = {recipe: h100_record(recipe, SAMPLES) for recipe in ("baseline", "optimized", "no_fp8")}
-    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"), finished=finished)
+    suite = gating_suite(baselines, finished)
     lines, failed = verdict_lines(suite)
     assert failed
     assert any(line.startswith("optimized") and "latency_median_s" in line and " ok " in line for line in lines)
@@ -92,8 +99,7 @@ def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(ru
 
 def test_the_plugin_verdict_passes_when_only_an_unrun_recipes_baseline_is_corrupt(run):
     baselines, _ = run
-    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"),
-                            finished={"optimized": h100_record("optimized", SAMPLES)})
+    suite = gating_suite(baselines, {"optimized": h100_record("optimized", SAMPLES)})
     lines, failed = verdict_lines(suite)
     assert not failed
     assert not any("corrupt" in line for line in lines)
