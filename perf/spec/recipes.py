@@ -10,14 +10,14 @@ import dataclasses
 import functools
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from perf.build.attention import fa3_installed, fa4_installed
 from perf.errors import SuiteError
-from perf.spec.models import CONFIGS
-from perf.spec.profiles import ActiveProfile
+
+if TYPE_CHECKING:  # torch is imported by the capability checks only: a record names its Recipe without torch
+    import torch
+
+    from perf.spec.profiles import ActiveProfile
 
 Attention = Literal["fa3", "fa3_fp8", "fa4", "sdpa"]
 CompileScope = Literal["none", "full", "regional"]
@@ -227,7 +227,10 @@ def nf4_problem(device_type: str, size: str, dtype: torch.dtype) -> str | None:
     the way ``from_pretrained`` places it and called once in eval mode. On a CPU with AVX512-BF16 that call
     repacks the weight for bitsandbytes' CPU kernel, which refuses some shapes; quantizing alone never got there.
     """
+    import torch
     from transformers import T5Config, T5EncoderModel
+
+    from perf.spec.models import CONFIGS
 
     probing = "bitsandbytes"
     try:
@@ -250,6 +253,8 @@ def nf4_problem(device_type: str, size: str, dtype: torch.dtype) -> str | None:
 
 def unsupported_reason(recipe: Recipe, active: ActiveProfile) -> str | None:
     """Why ``recipe`` cannot run as named on this device, or None. Never run something else under its name."""
+    from perf.build.attention import fa3_installed, fa4_installed
+
     profile, device = active.profile, active.device
     where = active.describe()
     cc = device.capability or (0, 0)

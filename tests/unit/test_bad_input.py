@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_records import example_record
 from safetensors.torch import save_file
 from suite_run import run_pytest
 
 from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import BaselineError, LoraIncompatibleError, SuiteError
 from perf.judge.baseline_files import read_record, read_records, record_path, write_record
+from perf.judge.record import RunRecord, to_data
 from perf.spec.loras import check_hotswap, inspect_lora
 from perf.spec.models import resolve_source
 from perf.spec.profiles import DeviceInfo, get_profile, resolve_profile
@@ -203,13 +205,18 @@ def test_smaller_profile_on_a_bigger_device_is_emulated():
 # --- baselines -----------------------------------------------------------------------------------------------
 
 
-def make_record(**changes) -> dict:
-    record = {
-        "schema": 1, "profile": "cpu", "recipe": {"name": "hotswap_eager"}, "model_source": "synthetic-tiny",
-        "device": "x86_64", "emulated": False, "latency": {"samples_s": [0.5, 0.6], "median_s": 0.55},
-        "versions": {"torch": torch.__version__},
-    }
-    return {**record, **changes}
+def make_record(**changes) -> RunRecord:
+    """A CPU record of hotswap_eager (the example record, moved to the tiny model on this CPU)."""
+    cpu = {"profile": "cpu", "model_source": "synthetic-tiny", "device": "x86_64"}
+    return example_record("hotswap_eager", [0.5, 0.6], **{**cpu, **changes})
+
+
+def write_json(tmp_path: Path, data: dict) -> Path:
+    """A record file with content ``write_record`` would refuse to write (it validates what it writes)."""
+    path = record_path(tmp_path, "cpu", "hotswap_eager")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
 
 
 def test_corrupt_baseline_names_the_file_and_how_to_restore_it(tmp_path):
@@ -225,18 +232,18 @@ def test_corrupt_baseline_names_the_file_and_how_to_restore_it(tmp_path):
 
 
 def test_baseline_of_an_unknown_schema_version_must_be_rerecorded(tmp_path):
-    path = write_record(tmp_path, make_record(schema=99))
+    path = write_json(tmp_path, {**to_data(make_record()), "schema": 99})
     with pytest.raises(
-        BaselineError, match=r"schema version 99; this suite reads version 1: re-record it with --update-baselines"
+        BaselineError, match=r"schema version 99; this suite reads version 2 .*: re-record it with --update-baselines"
     ):
         read_record(path)
 
 
 def test_baseline_missing_fields_names_them(tmp_path):
-    record = make_record()
-    del record["latency"], record["device"]
-    path = write_record(tmp_path, record)
-    with pytest.raises(BaselineError, match=r"lacks device, latency; re-record it with --update-baselines"):
+    data = to_data(make_record())
+    del data["latency"], data["device"]
+    path = write_json(tmp_path, data)
+    with pytest.raises(BaselineError, match=r"device: Field required; latency: Field required; re-record it with"):
         read_record(path)
 
 
@@ -257,4 +264,4 @@ def test_baseline_of_another_device_or_model_is_never_replaced_by_accident(tmp_p
 
     write_record(tmp_path, foreign, overwrite_foreign=True)
     replaced = read_record(path)
-    assert {key: replaced[key] for key in change} == change
+    assert {key: getattr(replaced, key) for key in change} == change
