@@ -337,6 +337,11 @@ class RunRecord:
         return self.outcome == COMPLETED
 
 
+IDENTITY_FIELDS = ("schema", "profile", "emulated", "device", "memory_budget_gib", "model_source", "recipe", "settings",
+                   "lora_pool", "versions", "python", "date", "commit", "command", "session", "worker",
+                   "cuda_visible_devices")
+"""What a record is of and where it came from: the part other JSON outputs (profiles) share with every record."""
+
 _ADAPTER = TypeAdapter(RunRecord)
 
 
