@@ -222,7 +222,7 @@ class PerfSession:
         except CaseFailed as failed:
             self.keep(failed.record, {})
             raise
-        case.add_cold_start(cold_start)
+        case.cold_start = cold_start
         case.save(self.results_dir, None, overwrite_foreign=True)  # now, so a job cut off later still has it
         return case
 

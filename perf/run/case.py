@@ -79,10 +79,11 @@ class Case:
     references: dict[str, StepReference] = field(default_factory=dict)  # adapter -> fresh eager pipeline's step
     controls: ControlResult | None = None  # the swap check under injected defects (hot-swap recipes)
     churn_result: ChurnResult | None = None
-    cold_start: ColdStart | str | None = None  # measured cold/warm start, why it failed, or None: not measured
+    # the cold/warm start measured before this case was built, why it failed, or None: not measured; its summary in
+    # the record gives each start's compile part: its first generation less a steady one of the scenario
+    cold_start: ColdStart | str | None = None
     settings_before: compile_settings.CompileSettings | None = None  # restored on release
     latency: Latency = field(default_factory=lambda: Latency.of([]))
-    timing_watch: RecompileWatcher | None = None  # what compiled while the latency was timed
     quality: Quality | None = None
     checks: dict[str, CheckOutcome] = field(default_factory=dict)  # test name -> pytest's outcome
 
@@ -175,7 +176,6 @@ class Case:
             else:
                 benchmark.pedantic(built.generate, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
                 self.latency = Latency.of(list(benchmark.stats.stats.data), "pytest-benchmark")
-        self.timing_watch = watcher
         return watcher
 
     def assess_quality(self, scorer: ClipScorer, stored: RunRecord | None, stored_dir: Path,
@@ -200,11 +200,6 @@ class Case:
         prompt = next(a.prompt for a in self.built.spec.pool.adapters if a.name == right)
         result = check_quality(images[wrong], prompt, reference, None, None, scorer, tolerance_for(self.recipe))
         return WrongAdapterCheck(right, wrong, reference, result)
-
-    def add_cold_start(self, cold_start: ColdStart | str | None) -> None:
-        """The cold/warm start measured before this case was built (or why it failed); its summary in the record
-        gives each start's compile part: its first generation less a steady one of the scenario."""
-        self.cold_start = cold_start
 
     def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> None:
         """Kept as ``keep_record`` keeps any record, with each adapter's image and the warm-up image."""
