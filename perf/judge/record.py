@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from perf.errors import BaselineError
 from perf.spec.recipes import Recipe
@@ -56,8 +56,10 @@ STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 def _frozen(cls):
-    """A frozen dataclass validated strictly wherever it is read back."""
-    return with_config(STRICT)(dataclass(frozen=True)(cls))
+    """A frozen dataclass validated strictly wherever it is read back (pydantic reads ``__pydantic_config__``
+    from a standard library dataclass)."""
+    cls.__pydantic_config__ = STRICT
+    return dataclass(frozen=True)(cls)
 
 
 # --- identity ------------------------------------------------------------------------------------------------
