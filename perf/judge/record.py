@@ -88,7 +88,7 @@ class AttentionChoice:
     backend: str  # the diffusers attention backend set on the transformer
     kernel: str  # what ran, in words, for the record
     timings_ms: dict[str, NonNegative] = field(default_factory=dict)
-    rel_errors: dict[str, NonNegative] = field(default_factory=dict)
+    rel_errors: dict[str, float] = field(default_factory=dict)  # vs float32; NaN: failed its check (not a candidate)
 
 
 @_frozen

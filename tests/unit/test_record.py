@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,16 @@ from fake_records import example_record
 
 from perf.judge.baseline_files import read_record, record_path, write_record
 from perf.judge.compare import compare_folders
-from perf.judge.record import SCHEMA_VERSION, Latency, RecordError, from_data, from_json, to_data, to_json
+from perf.judge.record import (
+    SCHEMA_VERSION,
+    AttentionChoice,
+    Latency,
+    RecordError,
+    from_data,
+    from_json,
+    to_data,
+    to_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STORED = sorted(p for pattern in ("*/*.json", "*/calibration/runs/*/*/*.json", "*/reruns/*.json")
@@ -125,6 +135,14 @@ def test_an_invalid_baseline_is_an_error_row_naming_the_field_and_the_rest_is_ju
     assert error.recipe == "optimized"
     assert "latency.samples_s[1]: Input should be a valid number" in error.reason
     assert {v.verdict for v in verdicts if v.recipe == "baseline"} == {"ok"}
+
+
+def test_a_kernel_that_failed_its_check_is_kept_as_nan(tmp_path):
+    """``perf.build.attention.fastest_correct`` records a backend that failed its numerical check as NaN."""
+    record = example_record(attention=AttentionChoice("native", "native SDPA", {"native": 0.1},
+                                                      {"native": 0.001, "_native_cudnn": float("nan")}))
+    read = read_record(write_record(tmp_path, record))
+    assert math.isnan(read.attention.rel_errors["_native_cudnn"])
 
 
 def test_records_are_frozen():
