@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from perf.judge.baseline_files import COMPLETED, UnreadableRecord, comparable, folder_problem, read_records
+from perf.judge.baseline_files import UnreadableRecord, comparable, folder_problem, read_records
+from perf.judge.record import RunRecord
 
 Outcome = Literal["ok", "regressed", "improved", "incomparable", "error"]
 
@@ -100,8 +101,9 @@ torch 2.14.1 added 0.4 GiB to a 0.5 GiB tiny-model process against the CPU build
 counts; memory is gated on GPU profiles."""
 
 
-def memory_threshold(record: dict[str, Any]) -> float:
-    return RSS_MEMORY_THRESHOLD if (record.get("peak_memory") or {}).get("kind") == "cpu-rss" else MEMORY_THRESHOLD
+def memory_threshold(record: RunRecord) -> float:
+    return RSS_MEMORY_THRESHOLD if record.peak_memory and record.peak_memory.kind == "cpu-rss" else MEMORY_THRESHOLD
+
 
 QUALITY_TOLERANCES = {"clip_score": 1.0, "psnr_vs_reference": 2.0, "ssim_vs_reference": 0.02}
 """Largest allowed drop per quality score (absolute units: CLIP score points on torchmetrics' 0-100 scale, dB,
@@ -172,55 +174,55 @@ def latency_threshold(profile: str) -> float:
     return PROFILE_LATENCY_THRESHOLDS.get(profile, LATENCY_THRESHOLD)
 
 
-def latency_samples(record: dict[str, Any], key: str = "samples_s") -> list[float]:
+def latency_samples(record: RunRecord, key: str = "samples_s") -> tuple[float, ...]:
     """Wall-clock seconds per generation; ``key="cpu_samples_s"``: the CPU seconds of the same generations."""
-    return list((record.get("latency") or {}).get(key) or [])
+    return getattr(record.latency, key)
 
 
-def latency_median(record: dict[str, Any]) -> float | None:
-    samples = latency_samples(record)
-    return float(np.median(samples)) if samples else None
-
-
-def peak_memory_gib(record: dict[str, Any]) -> float | None:
+def peak_memory_gib(record: RunRecord) -> float | None:
     """Reserved peak (GPU allocator) or peak RSS (CPU): what the process held, hence what runs out first."""
-    return (record.get("peak_memory") or {}).get("reserved_gib")
+    return record.peak_memory.reserved_gib if record.peak_memory else None
 
 
-def warmup_seconds(record: dict[str, Any]) -> float | None:
-    return (record.get("compile") or {}).get("warmup_seconds")
+def warmup_seconds(record: RunRecord) -> float | None:
+    return record.compile.warmup_seconds if record.compile else None
 
 
-def nested(record: dict[str, Any], path: str) -> float | None:
-    """``record["a"]["b"]`` for ``"a.b"``; None where any level is missing."""
-    value: Any = record
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
+Metric = Callable[[RunRecord], "float | None"]
 
-
-COUNT_METRICS = (
-    "compile.warmup_graphs", "cold_start.cold.graphs", "cold_start.warm.graphs",
-    "cold_start.warm.cache.fxgraph_cache_miss", "churn.recompiles",
-)
+COUNT_METRICS: Mapping[str, Metric] = {
+    "compile.warmup_graphs": lambda r: r.compile.warmup_graphs if r.compile else None,
+    "cold_start.cold.graphs": lambda r: r.cold_start.cold.graphs if r.cold_start else None,
+    "cold_start.warm.graphs": lambda r: r.cold_start.warm.graphs if r.cold_start else None,
+    "cold_start.warm.cache.fxgraph_cache_miss": lambda r: r.cold_start.warm.compiled_anew if r.cold_start else None,
+    "churn.recompiles": lambda r: r.churn.recompiles if r.churn else None,
+}
 """Counts fixed by the code and library versions, not by the machine: graphs Dynamo compiled (one more is a new
 graph break), graphs a warm start compiled anew instead of loading them from the cache, recompiles during the
 LoRA churn. Compared exactly where both records have them."""
 
-START_METRICS = ("cold_start.cold.process_to_first_image_s", "cold_start.warm.process_to_first_image_s")
+START_METRICS: Mapping[str, Metric] = {
+    "cold_start.cold.process_to_first_image_s": lambda r: r.cold_start.cold.process_to_first_image_s
+    if r.cold_start else None,
+    "cold_start.warm.process_to_first_image_s": lambda r: r.cold_start.warm.process_to_first_image_s
+    if r.cold_start else None,
+}
 """Start wall times, compared where both records have them, beyond ``START_FACTOR`` only."""
 
+SWAP_METRICS: Mapping[str, Metric] = {"churn.swap_p95_s": lambda r: r.churn.swap_p95_s if r.churn else None}
+"""Hot-swap times, beyond ``SWAP_THRESHOLD`` and ``SWAP_FLOOR_S``."""
 
-def shared(baseline: dict[str, Any], candidate: dict[str, Any],
-           metrics: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
+
+def shared(baseline: RunRecord, candidate: RunRecord,
+           metrics: Mapping[str, Metric]) -> Iterator[tuple[str, float, float]]:
     """(metric, baseline value, candidate value) for each of ``metrics`` that both records have."""
-    for metric in metrics:
-        base, cand = nested(baseline, metric), nested(candidate, metric)
+    for metric, value in metrics.items():
+        base, cand = value(baseline), value(candidate)
         if base is not None and cand is not None:
             yield metric, base, cand
 
 
-def compare_latency(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], threshold: float,
+def compare_latency(recipe: str, baseline: RunRecord, candidate: RunRecord, threshold: float,
                     confidence: float = CONFIDENCE, key: str = "samples_s",
                     metric: str = "latency_median_s") -> Verdict:
     base, cand = latency_samples(baseline, key), latency_samples(candidate, key)
@@ -278,16 +280,16 @@ def compare_count(recipe: str, metric: str, base: int | None, cand: int | None) 
     return Verdict(recipe, metric, outcome, base, cand, None, None, f"{base} -> {cand}, gated exactly")
 
 
-def cache_state(record: dict[str, Any]) -> str | None:
+def cache_state(record: RunRecord) -> str | None:
     """"cold" (compiled anew), "warm" (all loaded from the compile cache), "mixed", or None (not recorded)."""
-    cache = (record.get("compile") or {}).get("warmup_cache")
+    cache = record.compile.warmup_cache if record.compile else None
     if not cache:
         return None
     hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
     return "cold" if hits == 0 and misses else "warm" if misses == 0 and hits else "mixed" if hits else None
 
 
-def compare_warmup(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict:
+def compare_warmup(recipe: str, baseline: RunRecord, candidate: RunRecord) -> Verdict:
     """Warm-up seconds, compared only between compiles of the same cache state (a cold H100 compile of 157 s is
     45 s from a warm cache on the same machine, and neither says anything about the other), and then only
     beyond ``START_FACTOR``."""
@@ -306,15 +308,16 @@ what must be caught sits far below: another adapter's image 26.1-26.3 dB (H100 b
 optimized_fast), the FP8 compiled row against the bf16 baseline row 33.8 dB."""
 
 
-def compare_quality(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Verdict]:
+def compare_quality(recipe: str, baseline: RunRecord, candidate: RunRecord) -> list[Verdict]:
     """Higher is better; only scores both records have and ``QUALITY_TOLERANCES`` knows are compared. A score that
     stays above its ``QUALITY_FLOORS`` entry has not regressed, whatever it dropped."""
-    base, cand = baseline.get("quality") or {}, candidate.get("quality") or {}
+    if baseline.quality is None or candidate.quality is None:
+        return []
     verdicts = []
     for name, tolerance in QUALITY_TOLERANCES.items():
-        if base.get(name) is None or cand.get(name) is None:
+        b, c = getattr(baseline.quality, name), getattr(candidate.quality, name)
+        if b is None or c is None:
             continue
-        b, c = float(base[name]), float(cand[name])
         floor = QUALITY_FLOORS.get(name, float("inf"))
         outcome: Outcome = ("regressed" if c < b - tolerance and c < floor
                             else "improved" if c > b + tolerance else "ok")
@@ -324,17 +327,17 @@ def compare_quality(recipe: str, baseline: dict[str, Any], candidate: dict[str, 
     return verdicts
 
 
-def compare_outcome(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any]) -> Verdict | None:
+def compare_outcome(recipe: str, baseline: RunRecord, candidate: RunRecord) -> Verdict | None:
     """None when both runs completed; else the one verdict that matters: a row that now runs out of memory
     regressed, one that now completes improved, and a memory control that still runs out of memory is ok."""
-    base, cand = baseline.get("outcome", COMPLETED), candidate.get("outcome", COMPLETED)
-    if base == cand == COMPLETED:
+    base, cand = baseline.outcome, candidate.outcome
+    if baseline.completed and candidate.completed:
         return None
-    outcome: Outcome = "ok" if base == cand else "regressed" if cand != COMPLETED else "improved"
+    outcome: Outcome = "ok" if base == cand else "regressed" if not candidate.completed else "improved"
     return Verdict(recipe, "outcome", outcome, None, None, None, None, f"{base} -> {cand}")
 
 
-def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any],
+def compare_record(recipe: str, baseline: RunRecord, candidate: RunRecord,
                    latency_margin: float | None = None, confidence: float = CONFIDENCE) -> list[Verdict]:
     reason = comparable(baseline, candidate)
     if reason:
@@ -342,8 +345,8 @@ def compare_record(recipe: str, baseline: dict[str, Any], candidate: dict[str, A
     outcome = compare_outcome(recipe, baseline, candidate)
     if outcome is not None:
         return [outcome]
-    margin = latency_threshold(candidate["profile"]) if latency_margin is None else latency_margin
-    if candidate["profile"] in WALL_TIME_NOT_GATED:
+    margin = latency_threshold(candidate.profile) if latency_margin is None else latency_margin
+    if candidate.profile in WALL_TIME_NOT_GATED:
         return [dataclasses.replace(v, gated=False) if v.metric in WALL_TIME_METRICS else v for v in [
             compare_latency(recipe, baseline, candidate, margin, confidence, "cpu_samples_s", CPU_LATENCY_METRIC),
             *judged(recipe, baseline, candidate, margin, confidence)]]
@@ -354,7 +357,7 @@ CPU_LATENCY_METRIC = "latency_cpu_median_s"
 WALL_TIME_METRICS = {"latency_median_s", CPU_LATENCY_METRIC, "warmup_s", *START_METRICS, "churn.swap_p95_s"}
 
 
-def judged(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], margin: float,
+def judged(recipe: str, baseline: RunRecord, candidate: RunRecord, margin: float,
            confidence: float) -> list[Verdict]:
     """Every metric's verdict between two comparable, completed records."""
     return [
@@ -362,17 +365,16 @@ def judged(recipe: str, baseline: dict[str, Any], candidate: dict[str, Any], mar
         compare_warmup(recipe, baseline, candidate),
         compare_value(recipe, "peak_memory_gib", peak_memory_gib(baseline), peak_memory_gib(candidate),
                       memory_threshold(candidate)),
-        compare_count(recipe, "recompiles", baseline.get("recompiles_after_warmup"),
-                      candidate.get("recompiles_after_warmup")),
+        compare_count(recipe, "recompiles", baseline.recompiles_after_warmup, candidate.recompiles_after_warmup),
         *compare_quality(recipe, baseline, candidate),
         *(compare_count(recipe, *values) for values in shared(baseline, candidate, COUNT_METRICS)),
         *(compare_wall_time(recipe, *values) for values in shared(baseline, candidate, START_METRICS)),
         *(compare_value(recipe, metric, base, cand, SWAP_THRESHOLD, SWAP_FLOOR_S)
-          for metric, base, cand in shared(baseline, candidate, ("churn.swap_p95_s",))),
+          for metric, base, cand in shared(baseline, candidate, SWAP_METRICS)),
     ]
 
 
-def compare_records(baselines: dict[str, dict[str, Any]], candidates: dict[str, dict[str, Any]],
+def compare_records(baselines: Mapping[str, RunRecord], candidates: Mapping[str, RunRecord],
                     latency_margin: float | None = None, confidence: float = CONFIDENCE,
                     unreadable: Sequence[UnreadableRecord] = ()) -> list[Verdict]:
     """Verdicts for every recipe of either side; a recipe on one side only is incomparable, saying which.
@@ -396,7 +398,7 @@ def compare_records(baselines: dict[str, dict[str, Any]], candidates: dict[str, 
 
 
 def compare_folders(baseline_root: Path, candidate_root: Path, profile: str, latency_margin: float | None = None,
-                    confidence: float = CONFIDENCE) -> tuple[dict[str, dict[str, Any]], list[Verdict]]:
+                    confidence: float = CONFIDENCE) -> tuple[dict[str, RunRecord], list[Verdict]]:
     """A run's records (``candidate_root/<profile>``) and their verdicts against the stored ones. A candidate file
     that cannot be read, or the baseline of a recipe the run has, is an error verdict; a broken baseline of a
     recipe the run does not have is not this run's concern."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from perf.judge.record import PeakMemory
 
 GIB = 2**30
 
@@ -57,15 +58,6 @@ def cpu_timed(fn: Callable[[], object]) -> tuple[Callable[[], object], list[floa
 
     return wrapped, samples
 
-
-@dataclass(frozen=True)
-class PeakMemory:
-    allocated_gib: float | None  # GPU: max_memory_allocated; CPU: None
-    reserved_gib: float  # GPU: max_memory_reserved; CPU: process peak RSS (VmHWM)
-    kind: str  # "cuda" or "cpu-rss"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _rss_high_water_gib() -> float:

@@ -12,16 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_records import h100_record
+from fake_records import example_record
 from suite_run import ROOT, disk_state, run_pytest
 from test_user_errors import MAX_LINES, lora_file, pool_args, refused
-from test_verdict_inputs import SAMPLES, gating_suite, write_folder
+from test_verdict_inputs import SAMPLES, write_folder
 
-from perf.judge.baseline_files import record_path, write_record
+from perf.judge.baseline_files import read_records, record_path, write_record
 from perf.judge.calibrate import main as calibrate_main
 from perf.judge.compare import main as compare_main
-from perf.plugin import verdict_lines
+from perf.judge.record import PoolAdapter
 from perf.report.report import main as report_main
+from perf.session import verdict_lines
 
 BASELINES = ROOT / "baselines"
 
@@ -148,7 +149,7 @@ def test_compare_with_a_missing_baselines_folder_exits_two(tmp_path, capsys):
 def test_compare_that_compared_nothing_exits_two_naming_why(tmp_path, capsys):
     baselines = write_folder(tmp_path / "baselines", ["baseline"])
     results = tmp_path / "results"
-    write_record(results, h100_record("baseline", SAMPLES, device="NVIDIA H200"))
+    write_record(results, example_record("baseline", SAMPLES, device="NVIDIA H200"))
     assert compare_main([str(baselines), str(results), "--profile", "h100"]) == 2
     err = capsys.readouterr().err
     assert f"nothing compared against {baselines / 'h100'}: baseline: device differs" in err
@@ -186,30 +187,32 @@ def test_report_of_a_missing_folder_exits_two(tmp_path, capsys, monkeypatch):
 # --- a gate that compared nothing fails ------------------------------------------------------------------------
 
 
+def gating(baselines: Path, finished: dict, first_recording: bool = False) -> tuple:
+    """``verdict_lines``' arguments for an H100 run's ``finished`` records against the baselines it started with."""
+    return read_records(baselines, "h100"), finished, baselines / "h100", first_recording
+
+
 def test_a_gate_whose_baselines_are_of_another_pool_fails_saying_so(tmp_path):
-    synthetic = [{"name": "style_a", "rank": 4, "modules": 7, "synthetic": True}]
-    mine = [{"name": "lora0", "rank": 16, "modules": 190, "synthetic": False, "file": "mine.safetensors",
-             "sha256": "c" * 64}]
+    synthetic = (PoolAdapter("style_a", 4, 7, True),)
+    mine = (PoolAdapter("lora0", 16, 190, False, "mine.safetensors", "c" * 64),)
     baselines = tmp_path / "baselines"
-    write_record(baselines, h100_record("optimized", SAMPLES, lora_pool=synthetic))
-    ran = {"optimized": h100_record("optimized", SAMPLES, lora_pool=mine)}
-    lines, failed = verdict_lines(gating_suite(baselines, ran))
+    write_record(baselines, example_record("optimized", SAMPLES, lora_pool=synthetic))
+    ran = {"optimized": example_record("optimized", SAMPLES, lora_pool=mine)}
+    lines, failed = verdict_lines(*gating(baselines, ran))
     assert failed
     assert lines[-1].startswith(f"nothing compared against {baselines / 'h100'}: optimized: LoRA pool differs")
 
 
 def test_a_gate_without_a_baselines_folder_for_the_profile_fails(tmp_path):
     (tmp_path / "baselines").mkdir()
-    lines, failed = verdict_lines(gating_suite(tmp_path / "baselines", {"optimized": h100_record("optimized",
-                                                                                                  SAMPLES)}))
+    lines, failed = verdict_lines(*gating(tmp_path / "baselines", {"optimized": example_record("optimized", SAMPLES)}))
     assert failed and lines[-1] == f"nothing compared: no baselines folder {tmp_path / 'baselines' / 'h100'}"
 
 
 def test_a_first_recording_compares_nothing_and_passes(tmp_path):
     (tmp_path / "baselines").mkdir()
-    suite = gating_suite(tmp_path / "baselines", {"optimized": h100_record("optimized", SAMPLES)},
-                         first_recording=True)
-    lines, failed = verdict_lines(suite)
+    lines, failed = verdict_lines(*gating(tmp_path / "baselines", {"optimized": example_record("optimized", SAMPLES)},
+                                          first_recording=True))
     assert not failed and "no baseline recorded" in lines[-1]
 
 
