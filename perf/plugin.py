@@ -26,8 +26,10 @@ from perf.run.case import Case, CaseFailed, keep_record, open_case
 from perf.run.churn import churn_pool, churn_sequence
 from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
+from perf.run.stack_check import BROKEN_STACK_EXIT, LIBRARIES, StackCheck, check_imports, check_stack, write_check
 from perf.spec.cache import cache_dir, clear_cache
-from perf.spec.loras import LoraPool
+from perf.spec.loras import LoraPool, synthetic_pool
+from perf.spec.models import resolve_source
 from perf.spec.profiles import HARDWARE_MARKERS, PROFILES, ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import RECIPES, Recipe, get_recipe, unsupported_reason
 from perf.spec.run_spec import RUN_OPTIONS, RunSpec, add_run_options, resolve_run
@@ -39,7 +41,10 @@ LEAK_SLACK_GIB = 1.0  # allocator rounding and cuBLAS/cuDNN workspaces; a leaked
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate")
+    group = parser.getgroup(
+        "flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate (exit status 6: the library stack failed the "
+        "check run before any test, perf/run/stack_check.py; 4: a mistake in the options; 1: failed tests or, with "
+        "--fail-on-regression, a regression)")
     add_run_options(group.addoption)
     group.addoption(
         "--profile", choices=sorted(PROFILES), default=None,
@@ -158,16 +163,25 @@ class Suite:
             return f"opt-in row ({recipe.note}); run it with --recipes {recipe.name}"
         return unsupported_reason(recipe, self.active)
 
-    def validate(self, params: Iterable[tuple[str, str]]) -> None:
+    def validate(self, params: Iterable[tuple[str, str]]) -> list[Recipe]:
         """Raise ``SuiteError`` if the model, the LoRA pool or the options cannot serve the (profile, recipe)
-        cases of ``params`` that will run (nothing to check when none will: ``pytest tests/unit`` stays fast)."""
+        cases of ``params`` that will run (nothing to check when none will: ``pytest tests/unit`` stays fast).
+        Returns the recipes that will run."""
         if self.active is None:
-            return
+            return []
         running = [get_recipe(name) for profile, name in params
                    if self.skip_reason(profile, get_recipe(name)) is None]
         if running:
             spec = self.spec
             validate_run(spec.source, spec.pool, spec.max_rank, any(r.hotswap for r in running))
+        return running
+
+    def check_stack(self, recipes: list[Recipe]) -> StackCheck:
+        """The library stack against ``recipes``' kinds of pipeline, on the tiny model on this run's device."""
+        cache = self.spec.cache
+        tiny = dataclasses.replace(self.spec, source=resolve_source("synthetic-tiny", "tiny"),
+                                   pool=synthetic_pool("tiny", cache), max_rank=None)
+        return check_stack(tiny, recipes)
 
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and
@@ -248,7 +262,6 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in HARDWARE_MARKERS:
         config.addinivalue_line("markers", f"{marker}: runs on the {marker} profile (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: builds and compiles pipelines")
-    _quiet_libraries()
     if config.getoption("--clear-perf-cache"):
         removed = clear_cache(config.getoption("--perf-cache"))
         print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
@@ -263,6 +276,9 @@ def pytest_configure(config: pytest.Config) -> None:
                     get_recipe(name.strip())
     except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
+    stop_on_broken_stack(check_imports(LIBRARIES), Path(config.getoption("--results-dir") or ".results"),
+                         active.name if active else "no-profile")
+    _quiet_libraries()
     if active is not None:
         apply_memory_cap(active)
         _benchmark_storage_per_profile(config, active.name)
@@ -414,11 +430,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def validate_session(config: pytest.Config, params: Iterable[tuple[str, str]]) -> None:
-    """A mistake in the run's input stops it once (exit 4, one ``ERROR:`` line), before any test runs."""
+    """A mistake in the run's input stops it once (exit 4, one ``ERROR:`` line), before any test runs; then a
+    broken library stack stops it (``stop_on_broken_stack``)."""
+    suite = config.stash[SUITE]
     try:
-        config.stash[SUITE].validate(params)
+        running = suite.validate(params)
     except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if running:
+        stop_on_broken_stack(suite.check_stack(running), suite.results_dir, suite.active.name)
+
+
+def stop_on_broken_stack(check: StackCheck, results_dir: Path, profile: str) -> None:
+    """A stack that fails ``perf.run.stack_check`` ends the run before any test: its record, one message, exit
+    ``BROKEN_STACK_EXIT`` (6). A passing full check is recorded too, so a verdict knows the check ran."""
+    if check.ok and not check.recipes:
+        return  # the early import check: the full one records the outcome
+    path = write_check(results_dir / profile, check)
+    if not check.ok:
+        pytest.exit(f"flux-lora-perf: {check.message()} Record: {path}", returncode=BROKEN_STACK_EXIT)
 
 
 @pytest.hookimpl(trylast=True)

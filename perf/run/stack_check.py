@@ -1,0 +1,187 @@
+"""Does the library stack this run is on work at all? Checked once, before any test.
+
+An upgrade that breaks an import, a build or LoRA loading used to end in one traceback per test (24 copies of
+75 lines) or an ``INTERNALERROR>`` block, with no line saying which package broke what. Here it ends the run
+with one message naming the step, the package the error came from and the stack's versions, exit code
+``BROKEN_STACK_EXIT``, and a record (``<results>/<profile>/stack/stack_check.json``) the verdict reads: in the
+upgrade gate a broken candidate is a ``regressed`` row naming step and package (``perf.judge.compare``).
+
+The check, in order: every library the selected recipes need imports; then, for each kind of pipeline they build
+(attention, FP8, hot-swap, NF4 T5, offload), that pipeline builds on the tiny synthetic model on the run's
+device, loads an adapter, hot-swaps (or, without hot-swap, reloads) to a second one, and generates an image.
+Compilation is left out: it costs a minute per kind on a CPU, and a compile that breaks fails its recipe's
+tests, which the verdict shows as ``regressed`` check rows. This module imports no torch at module level, so
+it can report a torch that does not import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BROKEN_STACK_EXIT = 6
+"""Exit status of a run whose stack fails the check: not pytest's (0-5), not a regression (1), not a user's
+mistake (4, ``pytest.UsageError``)."""
+
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
+FP8_LIBRARIES = ("torchao",)
+NF4_LIBRARIES = ("bitsandbytes",)
+RECORD = Path("stack") / "stack_check.json"  # under <results>/<profile>/, beside (not among) the recipe records
+
+
+@dataclass(frozen=True)
+class StackCheck:
+    """The check's outcome: ``step`` is None when every step passed."""
+
+    versions: dict[str, str | None]
+    recipes: tuple[str, ...] = ()
+    step: str | None = None  # e.g. "import diffusers", "hot-swap (sdpa, hotswap)"
+    package: str | None = None  # the distribution the error was raised in, with its version
+    error: str | None = None  # "ExceptionType: first line of the message"
+    involves: tuple[str, ...] = field(default=())  # other packages the error names (an ImportError's module)
+
+    @property
+    def ok(self) -> bool:
+        return self.step is None
+
+    def message(self) -> str:
+        """One paragraph: what failed, where, and the stack it failed on."""
+        stack = ", ".join(f"{name} {version or 'not installed'}" for name, version in self.versions.items())
+        involved = f" (involves {', '.join(self.involves)})" if self.involves else ""
+        return (f"broken library stack: {self.step} failed in {self.package}{involved}: {self.error.rstrip('.')}. "
+                f"Stack: {stack}. No test was run (exit {BROKEN_STACK_EXIT}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok, "python": sys.version.split()[0]}
+
+
+def versions_of(names: Iterable[str]) -> dict[str, str | None]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _distribution_of(filename: str) -> str | None:
+    """The installed distribution a source file belongs to, as "name version" (None: stdlib or the suite)."""
+    path = Path(filename).resolve()
+    suite = Path(__file__).resolve().parents[1]  # perf/
+    if path.is_relative_to(suite) or path.is_relative_to(suite.parent / "tests"):
+        return None
+    roots = [Path(p).resolve() for p in sys.path if p]
+    inside = [r for r in roots if path.is_relative_to(r) and path != r]
+    if not inside:
+        return None
+    top = path.relative_to(max(inside, key=lambda r: len(r.parts))).parts[0].removesuffix(".py")
+    for name in metadata.packages_distributions().get(top, [])[:1]:
+        return f"{name} {metadata.version(name)}"
+    return None
+
+
+def culprit(exc: BaseException) -> str | None:
+    """The distribution of the innermost traceback frame inside an installed package: where the error was raised."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        found = _distribution_of(frame.filename)
+        if found:
+            return found
+    return None
+
+
+def _involved(exc: BaseException) -> tuple[str, ...]:
+    """The package an ImportError could not import from (``from transformers import HybridCache``)."""
+    name = getattr(exc, "name", None)
+    if not isinstance(exc, ImportError) or not name:
+        return ()
+    top = name.split(".")[0]
+    dists = metadata.packages_distributions().get(top, [])
+    return tuple(f"{d} {metadata.version(d)}" for d in dists[:1])
+
+
+def failed(step: str, library: str, exc: BaseException, versions: dict, recipes: tuple[str, ...]) -> StackCheck:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    version = versions.get(library) if library in versions else versions_of([library])[library]
+    package = culprit(exc) or f"{library} {version or 'not installed'}"
+    return StackCheck(versions, recipes, step, package, f"{type(exc).__name__}: {first_line}", _involved(exc))
+
+
+def check_imports(libraries: Iterable[str], recipes: tuple[str, ...] = ()) -> StackCheck:
+    """Import each library; the first that fails is the verdict."""
+    libraries = tuple(libraries)
+    versions = versions_of(libraries)
+    for name in libraries:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an upgrade breaks imports in any way: AttributeError, RuntimeError, ...
+            return failed(f"import {name}", name, exc, versions, recipes)
+    return StackCheck(versions, recipes)
+
+
+def libraries_for(recipes: Iterable) -> tuple[str, ...]:
+    """The libraries the recipes import: the core ones, torchao for FP8, bitsandbytes for NF4 T5."""
+    recipes = list(recipes)
+    return (LIBRARIES + (FP8_LIBRARIES if any(r.fp8 for r in recipes) else ())
+            + (NF4_LIBRARIES if any(r.t5_nf4 for r in recipes) else ()))
+
+
+def pipeline_kinds(recipes: Iterable) -> list:
+    """One eager recipe per distinct kind of pipeline (what the builder does apart from compiling)."""
+    kinds = {}
+    for recipe in recipes:
+        kind = dataclasses.replace(recipe, compile="none", compile_mode=None, compile_vae=False)
+        kinds.setdefault((kind.attention, kind.fp8, kind.hotswap, kind.t5_nf4, kind.offload), kind)
+    return list(kinds.values())
+
+
+def describe_kind(recipe) -> str:
+    parts = [recipe.attention, "fp8" if recipe.fp8 else "", "hotswap" if recipe.hotswap else "reload",
+             "t5 nf4" if recipe.t5_nf4 else "", "offload" if recipe.offload else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def check_pipelines(spec, recipes: tuple, names: tuple[str, ...], versions: dict) -> StackCheck:
+    """Each kind builds on ``spec`` (the tiny model), loads, swaps and generates; the first failure is the verdict."""
+    from perf.build.builder import build_pipeline
+
+    for kind in pipeline_kinds(recipes):
+        what = describe_kind(kind)
+        step, library = "build", "diffusers"
+        try:
+            built = build_pipeline(spec, kind)  # loads the first adapter (after enable_lora_hotswap)
+            step, library = ("hot-swap" if kind.hotswap else "reload"), "peft"
+            built.load_adapter(spec.pool.adapters[1])
+            step, library = "generate", "diffusers"
+            built.generate()
+        except Exception as exc:  # whatever an upgrade breaks: the verdict names it instead of a crash per test
+            return failed(f"{step} ({what})", library, exc, versions, names)
+        del built
+    return StackCheck(versions, names)
+
+
+def check_stack(tiny_spec, recipes: Iterable) -> StackCheck:
+    """Imports, then each kind of pipeline on the tiny model (``tiny_spec``: the run's device and cache)."""
+    recipes = tuple(recipes)
+    names = tuple(r.name for r in recipes)
+    imports = check_imports(libraries_for(recipes), names)
+    if not imports.ok:
+        return imports
+    return check_pipelines(tiny_spec, recipes, names, imports.versions)
+
+
+def write_check(results_profile_dir: Path, check: StackCheck) -> Path:
+    """The check's record, written atomically where the verdict looks for it."""
+    from perf.judge.baseline_files import atomic_write_bytes
+
+    path = Path(results_profile_dir) / RECORD
+    atomic_write_bytes(path, (json.dumps(check.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    return path
