@@ -23,7 +23,7 @@ def reproduces(found: Sequence[Verdict], regressed: set[tuple[str, str]]) -> lis
 def bisect(gate, known_good_run, known_good: Stack, candidate: Stack, moved: list[str],
            verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
     """Name the package (or pair) whose move alone reproduces the regression; print the rows that show it."""
-    from perf.gate.upgrade import judge, run_side
+    from perf.gate.upgrade import judge, run_side, slowed
 
     regressed = {(v.recipe, v.metric) for v in verdicts if v.verdict == "regressed"}
     recipes = ",".join(sorted({recipe for recipe, _ in regressed}))
@@ -37,7 +37,7 @@ def bisect(gate, known_good_run, known_good: Stack, candidate: Stack, moved: lis
             for name in group:
                 mix = mix.with_package(name, candidate)
             run = run_side(gate, mix, f"bisect-{safe_name('+'.join(group))}", recipes,
-                           injected=bool(gate.inject_delay and gate.inject_if))
+                           slowed(gate, mix, candidate=False))
             shown = reproduces(judge(gate, known_good_run, run), regressed)
             moves = ", ".join(f"{n} {known_good.placement(n).version} -> {candidate.placement(n).version}"
                               for n in group)

@@ -96,6 +96,17 @@ def suite_command(gate: Gate, root: Path, recipes: str | None, inject: bool) -> 
     return args
 
 
+def slowed(gate: Gate, stack: Stack, candidate: bool) -> bool:
+    """Whether ``--inject-delay`` applies to a run of ``stack``: where ``--inject-if``'s version runs, or without
+    it on the candidate side only."""
+    if not gate.inject_delay:
+        return False
+    if gate.inject_if is None:
+        return candidate
+    name, version = gate.inject_if
+    return any(p.name == name and p.version == version for p in stack.packages)
+
+
 def run_side(gate: Gate, stack: Stack, folder: str, recipes: str | None = None, injected: bool = False) -> SideRun:
     """The suite under ``stack``; records land in ``results/<folder>/<profile>/``. A folder holding a finished run
     of the same stack and command is reused (a bisect mix met again, a re-run after a candidate fix)."""
@@ -165,10 +176,9 @@ def run_gate(gate: Gate) -> int:
              "for the gate):")
     for line in describe(known_good, candidate):
         gate.say(line)
-    inject_both = gate.inject_if is not None
-    base = run_side(gate, known_good, "known-good", gate.recipes, injected=bool(gate.inject_delay) and inject_both)
+    base = run_side(gate, known_good, "known-good", gate.recipes, slowed(gate, known_good, candidate=False))
     check_known_good(base, gate.profile)
-    cand = run_side(gate, candidate, "candidate", gate.recipes, injected=bool(gate.inject_delay))
+    cand = run_side(gate, candidate, "candidate", gate.recipes, slowed(gate, candidate, candidate=True))
     verdicts = judge(gate, base, cand)
     gate.say(f"\nupgrade gate verdict ({gate.profile}): {base.root} -> {cand.root}")
     gate.say(format_table(verdicts))
