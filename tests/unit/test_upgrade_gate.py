@@ -46,7 +46,9 @@ def run_gate(gate_dirs: Path, moves: dict[str, str], *options: str) -> subproces
 
 
 def rows(done: subprocess.CompletedProcess, metric: str) -> list[list[str]]:
-    return [line.split(None, 7) for line in done.stdout.splitlines()
+    """The gate's verdict rows of ``metric`` (the table between its title and its summary line)."""
+    table = done.stdout.split("upgrade gate verdict", 1)[-1].split("upgrade gate: REGRESSED", 1)[0]
+    return [line.split(None, 7) for line in table.splitlines()
             if line.startswith("hotswap_eager ") and line.split()[1] == metric]
 
 
