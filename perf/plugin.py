@@ -178,10 +178,10 @@ class Suite:
 
     def check_stack(self, recipes: list[Recipe]) -> StackCheck:
         """The library stack against ``recipes``' kinds of pipeline, on the tiny model on this run's device."""
-        cache = self.spec.cache
-        tiny = dataclasses.replace(self.spec, source=resolve_source("synthetic-tiny", "tiny"),
-                                   pool=synthetic_pool("tiny", cache), max_rank=None)
-        return check_stack(tiny, recipes)
+        spec = self.spec
+        return check_stack(lambda: dataclasses.replace(spec, source=resolve_source("synthetic-tiny", "tiny"),
+                                                       pool=synthetic_pool("tiny", spec.cache), max_rank=None),
+                           recipes)
 
     def open_case(self, param: tuple[str, str]) -> Case:
         """Skip with the reason, or run the recipe's case. An out-of-memory keeps its record (results, and

@@ -12,6 +12,7 @@ usage error (exit 4), since then nothing can be judged. ``--bisect``: on a regre
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -67,7 +68,8 @@ class Gate:
     inject_if: tuple[str, str] | None = None
     bisect: bool = False
     candidate_only: bool = False
-    say: object = field(default=print, compare=False)
+    reuse: bool = False
+    say: object = field(default=functools.partial(print, flush=True), compare=False)  # in order with pytest's
 
     @property
     def overlays(self) -> OverlayStore:
@@ -110,13 +112,14 @@ def slowed(gate: Gate, stack: Stack, candidate: bool) -> bool:
 
 def run_side(gate: Gate, stack: Stack, folder: str, recipes: str | None = None, injected: bool = False) -> SideRun:
     """The suite under ``stack``; records land in ``results/<folder>/<profile>/``. A folder holding a finished run
-    of the same stack and command is reused (a bisect mix met again, a re-run after a candidate fix)."""
+    of the same stack and command is reused with ``--reuse`` (a bisect mix met again, a re-run after a candidate
+    fix): only with it, since the suite's own code may have changed in between."""
     root = gate.results / folder
     command = suite_command(gate, root, recipes, injected)
     stamp = {"stack": stack.to_dict(), "command": command[1:],
              "inject": [gate.inject_delay, gate.inject_if] if injected else None}
     done = root / "stack.json"
-    if done.is_file():
+    if gate.reuse and done.is_file():
         previous = json.loads(done.read_text())
         if {k: previous.get(k) for k in stamp} == stamp:
             gate.say(f"upgrade gate: {stack.name}: reusing the run in {root} (same stack and command)")
@@ -233,13 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidate-only", action="store_true",
                         help="run the suite under the candidate stack alone and exit with pytest's status (CI's "
                         "floor check: --candidate constraints/floor.txt)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a side's records from an earlier run of the same stack and command (and the "
+                        "same suite code: yours to vouch for) instead of running it again")
     parser.add_argument("--bisect", action="store_true",
                         help="on a regression, re-run the regressed recipes with one changed package (then pairs) "
                         "moved to the candidate, and name the one that reproduces it")
     return parser
 
 
-def parse(argv: Sequence[str] | None, say=print) -> Gate:
+def parse(argv: Sequence[str] | None) -> Gate:
     args, rest = build_parser().parse_known_args(argv)
     rest = [a for a in rest if a != "--"]
     for path in (args.known_good, args.candidate):
@@ -258,7 +264,7 @@ def parse(argv: Sequence[str] | None, say=print) -> Gate:
         extra=tuple(parse_requirement(e) for e in args.extra), results=args.results.resolve(),
         store=args.store.resolve(), pytest_args=tuple(rest), recipes=args.recipes,
         inject_delay=args.inject_delay, inject_if=parse_requirement(args.inject_if) if args.inject_if else None,
-        bisect=args.bisect, candidate_only=args.candidate_only, say=say,
+        bisect=args.bisect, candidate_only=args.candidate_only, reuse=args.reuse,
     )
 
 

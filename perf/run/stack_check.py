@@ -34,6 +34,14 @@ mistake (4, ``pytest.UsageError``)."""
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
 FP8_LIBRARIES = ("torchao",)
 NF4_LIBRARIES = ("bitsandbytes",)
+USED = {
+    "diffusers": ("FluxPipeline", "FluxTransformer2DModel", "AutoencoderKL", "FlowMatchEulerDiscreteScheduler"),
+    "transformers": ("CLIPTextModel", "T5EncoderModel", "CLIPTokenizer", "T5Tokenizer"),
+    "peft": ("LoraConfig",),
+    "torchao.quantization": ("quantize_", "Float8DynamicActivationFloat8WeightConfig"),
+}
+"""Names the suite imports from each library: diffusers and transformers import lazily, so ``import diffusers``
+succeeds where ``from diffusers import FluxPipeline`` fails (diffusers 0.34 beside transformers 5)."""
 RECORD = Path("stack") / "stack_check.json"  # under <results>/<profile>/, beside (not among) the recipe records
 
 
@@ -108,11 +116,26 @@ def _involved(exc: BaseException) -> tuple[str, ...]:
     return tuple(f"{d} {metadata.version(d)}" for d in dists[:1])
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0].rstrip(':')}"
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception at the bottom of the chain: diffusers wraps a failed lazy import in a RuntimeError whose
+    own message only says to look up the traceback."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
 def failed(step: str, library: str, exc: BaseException, versions: dict, recipes: tuple[str, ...]) -> StackCheck:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
+    root = root_cause(exc)
+    error = _first_line(exc) + (f" (cause: {_first_line(root)})" if root is not exc else "")
     version = versions.get(library) if library in versions else versions_of([library])[library]
-    package = culprit(exc) or f"{library} {version or 'not installed'}"
-    return StackCheck(versions, recipes, step, package, f"{type(exc).__name__}: {first_line}", _involved(exc))
+    package = culprit(root) or culprit(exc) or f"{library} {version or 'not installed'}"
+    return StackCheck(versions, recipes, step, package, error, _involved(root))
 
 
 def check_imports(libraries: Iterable[str], recipes: tuple[str, ...] = ()) -> StackCheck:
@@ -121,7 +144,10 @@ def check_imports(libraries: Iterable[str], recipes: tuple[str, ...] = ()) -> St
     versions = versions_of(libraries)
     for name in libraries:
         try:
-            importlib.import_module(name)
+            for module, attributes in [(name, ()), *((m, a) for m, a in USED.items() if m.split(".")[0] == name)]:
+                loaded = importlib.import_module(module)
+                for attribute in attributes:
+                    getattr(loaded, attribute)
         except Exception as exc:  # an upgrade breaks imports in any way: AttributeError, RuntimeError, ...
             return failed(f"import {name}", name, exc, versions, recipes)
     return StackCheck(versions, recipes)
@@ -149,10 +175,15 @@ def describe_kind(recipe) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def check_pipelines(spec, recipes: tuple, names: tuple[str, ...], versions: dict) -> StackCheck:
-    """Each kind builds on ``spec`` (the tiny model), loads, swaps and generates; the first failure is the verdict."""
+def check_pipelines(tiny_spec, recipes: tuple, names: tuple[str, ...], versions: dict) -> StackCheck:
+    """The tiny model and adapters are written (``tiny_spec()``); then each kind builds on them, loads, swaps and
+    generates; the first failure is the verdict."""
     from perf.build.builder import build_pipeline
 
+    try:
+        spec = tiny_spec()
+    except Exception as exc:
+        return failed("write the tiny model and adapters", "diffusers", exc, versions, names)
     for kind in pipeline_kinds(recipes):
         what = describe_kind(kind)
         step, library = "build", "diffusers"
@@ -169,7 +200,8 @@ def check_pipelines(spec, recipes: tuple, names: tuple[str, ...], versions: dict
 
 
 def check_stack(tiny_spec, recipes: Iterable) -> StackCheck:
-    """Imports, then each kind of pipeline on the tiny model (``tiny_spec``: the run's device and cache)."""
+    """Imports, then each kind of pipeline on the tiny model (``tiny_spec()`` makes the run's spec for it: the run's
+    device and cache, the tiny synthetic model and pool, written on first use)."""
     recipes = tuple(recipes)
     names = tuple(r.name for r in recipes)
     imports = check_imports(libraries_for(recipes), names)

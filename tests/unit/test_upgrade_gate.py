@@ -40,7 +40,7 @@ def run_gate(gate_dirs: Path, moves: dict[str, str], *options: str) -> subproces
     env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(gate_dirs / "cache")}
     env.pop("FLUX_LORA_PERF_SESSION", None)
     command = [sys.executable, "-m", "perf.gate", "--candidate", str(candidate_file(gate_dirs, moves)),
-               "--results", str(gate_dirs / "results"), "--store", str(gate_dirs / "store"), "--bisect",
+               "--results", str(gate_dirs / "results"), "--store", str(gate_dirs / "store"), "--bisect", "--reuse",
                *options, *SUITE, "-q"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
