@@ -74,16 +74,18 @@ def test_an_upgrade_that_breaks_the_import_regresses_and_bisects_to_diffusers(ga
 
 
 def test_an_upgrade_that_only_slows_generation_regresses_on_latency_and_bisects_to_it(gate_dirs):
-    """The test slowdown is tied to safetensors 0.7.0: only runs with that version installed sleep 2 s per image
-    (a tiny-model image takes about 1 s on a loaded 2-core machine; the CPU margin is 60%)."""
-    done = run_gate(gate_dirs, {"safetensors": "0.7.0", **HARMLESS}, "--inject-delay", "2",
-                    "--inject-if", "safetensors==0.7.0")
+    """The test slowdown is tied to torchmetrics 1.8.2: only runs with that version installed sleep 4 s per image
+    (a tiny-model image takes 0.02 s on an idle CPU and up to 2 s on a loaded 2-core machine; the CPU margin is
+    60%). safetensors 0.7.0 would not do: transformers 5.23 refuses it at import, which the gate reports as a
+    broken stack."""
+    done = run_gate(gate_dirs, {"torchmetrics": "1.8.2", **HARMLESS}, "--inject-delay", "4",
+                    "--inject-if", "torchmetrics==1.8.2")
 
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
     [latency] = rows(done, "latency_median_s")
     assert latency[2] == "regressed", latency
     assert not rows(done, "stack"), "a slowdown is not a broken stack"
-    assert "bisect: caused by: safetensors" in done.stdout
+    assert "bisect: caused by: torchmetrics" in done.stdout
     assert "bisect: accelerate 1.15.0 -> 1.14.0: no regression" in done.stdout
 
 

@@ -294,7 +294,7 @@ def fake_venv(tmp_path):
 
 @pytest.mark.parametrize(("pytest_exit", "script_exit"), [(0, 0), (1, 1), (2, 2), (5, 0)])
 def test_ci_script_treats_no_tests_collected_as_success(fake_venv, pytest_exit, script_exit):
-    env = {**os.environ, "CI_VENV": str(fake_venv / "venv"), "CI_SKIP_INSTALL": "1",
+    env = {**os.environ, "CI_VENV": str(fake_venv / "venv"), "CI_SKIP_INSTALL": "1", "CI_SKIP_FLOOR": "1",
            "FAKE_PYTEST_EXIT": str(pytest_exit), "FAKE_ARGS": str(fake_venv / "args")}
     done = subprocess.run(["bash", str(CI_SCRIPT)], cwd=fake_venv, env=env, capture_output=True, text=True,
                           timeout=60)
