@@ -91,7 +91,8 @@ class SideRun:
 
 def suite_command(gate: Gate, root: Path, recipes: str | None, inject: bool) -> list[str]:
     args = [gate.python, "-m", "pytest", "tests/perf", "-p", "no:cacheprovider", "--results-dir", str(root),
-            "--profile", gate.profile, "-m", gate.profile, *gate.pytest_args]
+            "--profile", gate.profile, "-m", gate.profile, *gate.pytest_args,
+            "--baselines-dir", str(gate.results / "no-stored-baselines")]  # the gate judges side against side
     if recipes:
         args += ["--recipes", recipes]
     if inject:
