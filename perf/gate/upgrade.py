@@ -209,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --rounds 3 --no-churn --no-cold-start). Exit status: 0 ok, 1 regression (a failed check, a broken "
         "candidate stack and a recipe left without a record included), 2 a record unreadable, 4 a usage error "
         "(bad option, a stack that cannot be formed, a broken known-good stack). Inside the suite, exit 6 means "
-        "its stack failed the stack check; the gate turns that into regressed rows.")
+        "its stack failed the stack check; the gate turns that into regressed rows.",
+        epilog="pytest options commonly passed through: --rounds N, --no-churn, --no-cold-start, --perf-cache DIR, "
+        "-q. Example on a GPU box, offline: python -m perf.gate --wheelhouse .whl --offline --with fa3-fwd==0.0.3 "
+        "--profile h200 --recipes optimized_fast --no-churn --no-cold-start --rounds 3")
     parser.add_argument("--known-good", type=Path, default=ROOT / "constraints" / "known-good.txt", metavar="FILE")
     parser.add_argument("--candidate", type=Path, default=ROOT / "constraints" / "candidate.txt", metavar="FILE")
     parser.add_argument("--profile", default="cpu", help="hardware profile of both suites (default cpu)")
