@@ -78,14 +78,16 @@ class PackageSource:
         links = ["--find-links", str(self.wheelhouse)] if self.wheelhouse else []
         return [*(["--no-index"] if self.offline else []), *links]
 
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name`` the wheelhouse has files of, newest name last."""
+        files = self.wheelhouse.iterdir() if self.wheelhouse and self.wheelhouse.is_dir() else ()
+        found = (WHEEL.match(f.name) for f in files)
+        return sorted({m[2] for m in found if m and canonical(m[1]) == name})
+
     def offers(self, name: str, version: str) -> bool:
         """Whether pip can get ``name==version``: offline, whether the wheelhouse has a file of it; with an
         index, assumed (pip's failure then names the package)."""
-        if not self.offline:
-            return True
-        files = self.wheelhouse.iterdir() if self.wheelhouse and self.wheelhouse.is_dir() else ()
-        found = (WHEEL.match(f.name) for f in files)
-        return any(m and canonical(m[1]) == name and public(m[2]) == public(version) for m in found)
+        return not self.offline or public(version) in map(public, self.versions(name))
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,10 @@ def place(name: str, pin: str | None, machine: dict[str, str], source: PackageSo
         return Placement(name, have, "machine")
     if source.offers(name, pin):
         return Placement(name, pin, "overlay")
+    if pin == other_pin and have is None and source.versions(name):
+        offered = source.versions(name)[-1]
+        return Placement(name, offered, "overlay", f"{name}=={pin} not in the wheelhouse, the machine has none: the "
+                         f"wheelhouse's {offered} on both sides")
     if pin == other_pin:
         return Placement(name, have, "machine", f"{name}=={pin} not in the wheelhouse; the machine's on both sides")
     raise GateError(
@@ -156,7 +162,9 @@ def place(name: str, pin: str | None, machine: dict[str, str], source: PackageSo
 
 def plan(known_good: dict[str, str], candidate: dict[str, str], machine: dict[str, str], source: PackageSource,
          keep: Iterable[str] = DEFAULT_KEEP) -> tuple[Stack, Stack]:
-    """Both sides' stacks over every package either side pins."""
+    """Both sides' stacks over every package either side pins. ``candidate`` holds the pins that move: a package
+    it does not pin is the known-good's (``candidate.txt`` is an upgrade of the lock, not a lock of its own)."""
+    candidate = {**known_good, **candidate}
     keep = {canonical(k) for k in keep}
     names = sorted(known_good.keys() | candidate.keys())
     sides = []

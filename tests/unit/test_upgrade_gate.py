@@ -100,3 +100,27 @@ def test_a_broken_known_good_stack_is_a_usage_error(gate_dirs, tmp_path):
 
     assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
     assert "the known-good stack is broken: build (sdpa, hotswap) failed" in done.stderr
+
+
+def test_offline_stacks_use_the_machine_where_the_wheelhouse_lacks_a_pin_both_sides_share(tmp_path):
+    """The GPU box: its own torch and transformers, a wheelhouse with diffusers, both torchao versions and an
+    importlib_metadata other than the lock's. Only torchao is under test; the rest is the machine's or the
+    wheelhouse's on both sides, and a moving pin the wheelhouse lacks stops the gate with the fix."""
+    from perf.gate.stacks import GateError, PackageSource, differences, plan
+
+    for wheel in ("diffusers-0.42.1-py3-none-any.whl", "torchao-0.17.0-cp310-abi3-linux_x86_64.whl",
+                  "torchao-0.18.0-cp310-abi3-linux_x86_64.whl", "importlib_metadata-8.7.0-py3-none-any.whl"):
+        (tmp_path / wheel).write_bytes(b"")
+    source = PackageSource(tmp_path, offline=True)
+    machine = {"torch": "2.11.0+cu130", "transformers": "5.17.0", "peft": "0.21.0"}
+    known_good = {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "diffusers": "0.42.1",
+                  "torchao": "0.17.0", "importlib-metadata": "10.2.0"}
+
+    base, candidate = plan(known_good, {"torch": "2.14.1", "torchao": "0.18.0"}, machine, source)
+
+    assert differences(base, candidate) == ["torchao"]
+    assert [(p.name, p.version) for p in base.packages if p.origin == "overlay"] == [
+        ("diffusers", "0.42.1"), ("importlib-metadata", "8.7.0"), ("torchao", "0.17.0")]
+    assert candidate.placement("torch").version == "2.11.0+cu130"
+    with pytest.raises(GateError, match="--keep transformers"):
+        plan(known_good, {"transformers": "5.24.0"}, machine, source)
