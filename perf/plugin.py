@@ -21,7 +21,10 @@ SESSION = pytest.StashKey[PerfSession]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate")
+    group = parser.getgroup(
+        "flux-lora-perf", "flux-lora-perf: LoRA hot-swap performance gate (exit status 6: the library stack failed the "
+        "check run before any test, perf/run/stack_check.py; 4: a mistake in the options; 1: failed tests or, with "
+        "--fail-on-regression, a regression)")
     add_run_options(group.addoption)
     group.addoption(
         "--profile", choices=sorted(PROFILES), default=None,

@@ -32,6 +32,7 @@ from perf.judge.baseline_files import (
     record_path,
     refuse_foreign,
 )
+from perf.judge.stack_record import BROKEN_STACK_EXIT, StackCheck
 from perf.judge.record import COMPLETED, Outcome, PeakMemory, RunRecord
 from perf.run.case import Case, CaseFailed, WrongAdapterCheck, keep_record, open_case
 from perf.run.checks import over_budget
@@ -40,8 +41,10 @@ from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
 from perf.run.quality import QualityResult, load_clip_scorer
 from perf.run.recording import identity
+from perf.run.stack_check import LIBRARIES, check_imports, check_stack, write_check
 from perf.spec.cache import cache_dir, clear_cache
-from perf.spec.loras import LoraPool
+from perf.spec.loras import LoraPool, synthetic_pool
+from perf.spec.models import resolve_source
 from perf.spec.profiles import ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import Recipe, get_recipe, unsupported_reason
 from perf.spec.run_spec import RUN_OPTIONS, RunSpec, resolve_run
@@ -78,6 +81,16 @@ def verdict_lines(stored: tuple[Mapping[str, RunRecord], list[UnreadableRecord]]
     return format_table(verdicts).splitlines() + ([problem] if problem else []), problem is not None
 
 
+def stop_on_broken_stack(check: StackCheck, results_dir: Path, profile: str) -> None:
+    """A stack that fails ``perf.run.stack_check`` ends the run before any test: its record, one message, exit
+    ``BROKEN_STACK_EXIT`` (6). A passing full check is recorded too, so a verdict knows the check ran."""
+    if check.ok and not check.recipes:
+        return  # the early import check: the full one records the outcome
+    path = write_check(results_dir / profile, check)
+    if not check.ok:
+        pytest.exit(f"flux-lora-perf: {check.message()} Record: {path}", returncode=BROKEN_STACK_EXIT)
+
+
 def _quiet_libraries() -> None:
     """No download/loading progress bars, and no per-load "no LoRA keys for the text encoder" warning (the
     suite's adapters are transformer-only by design): the suite prints its own progress."""
@@ -109,7 +122,6 @@ class PerfSession:
         cache folder (warm starts; one folder to clear). A bad option is a ``pytest.UsageError``."""
         pin_worker_gpu()  # before anything starts CUDA in a pytest-xdist worker
         session_id()
-        _quiet_libraries()
         try:
             validate_paths(*(Path(config.getoption(name)) for name in ("--results-dir", "--baselines-dir")),
                            config.getoption("--update-baselines"), config.getoption("--perf-cache"),
@@ -122,6 +134,9 @@ class PerfSession:
                                                                                   compile_budget_s=budget))
         except SuiteError as exc:
             raise pytest.UsageError(str(exc)) from None
+        stop_on_broken_stack(check_imports(LIBRARIES), Path(config.getoption("--results-dir")),
+                             active.name if active else "no-profile")
+        _quiet_libraries()
         if config.getoption("--clear-perf-cache"):
             removed = clear_cache(config.getoption("--perf-cache"))
             print(f"flux-lora-perf: removed cache {removed}", file=sys.stderr)
@@ -212,6 +227,14 @@ class PerfSession:
                     refuse_foreign(self.baselines_to_update, (identity(recipe, spec) for recipe in running))
             except SuiteError as exc:
                 raise pytest.UsageError(str(exc)) from None
+            stop_on_broken_stack(self.check_stack(running), self.results_dir, self.active.name)
+
+    def check_stack(self, recipes: list[Recipe]) -> StackCheck:
+        """The library stack against ``recipes``' kinds of pipeline, on the tiny model on this run's device."""
+        spec = self.spec
+        return check_stack(lambda: dataclasses.replace(spec, source=resolve_source("synthetic-tiny", "tiny"),
+                                                       pool=synthetic_pool("tiny", spec.cache), max_rank=None),
+                           recipes)
 
     # --- cases ------------------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from perf.judge.baseline_files import UnreadableRecord, comparable, folder_problem, read_records
 from perf.judge.record import RunRecord
+from perf.judge.stack_record import StackCheck, read_stack_check
 
 Outcome = Literal["ok", "regressed", "improved", "incomparable", "error"]
 
@@ -337,6 +338,28 @@ def compare_outcome(recipe: str, baseline: RunRecord, candidate: RunRecord) -> V
     return Verdict(recipe, "outcome", outcome, None, None, None, None, f"{base} -> {cand}")
 
 
+def compare_checks(recipe: str, baseline: RunRecord, candidate: RunRecord) -> list[Verdict]:
+    """A check the candidate failed (a swap check, zero recompiles, ...) is a regression when the baseline passed
+    it: the suite's verdict on its own run, carried into the table so a failed check is never only a log line."""
+    base, cand = baseline.checks, candidate.checks
+    verdicts = []
+    for name in sorted(name for name, outcome in cand.items() if outcome == "failed"):
+        if base.get(name) == "failed":
+            verdicts.append(Verdict.incomparable(recipe, f"check.{name}", "failed in the baseline too"))
+        else:
+            verdicts.append(Verdict(recipe, f"check.{name}", "regressed", None, None, None, None,
+                                    f"{base.get(name, 'not run')} -> failed"))
+    return verdicts
+
+
+def broken_stack_verdicts(check: StackCheck, recipes: Sequence[str]) -> list[Verdict]:
+    """A run whose stack failed the check has no records: each recipe it was to run regressed, and the row
+    names the failing step and package."""
+    involved = f" (involves {', '.join(check.involves)})" if check.involves else ""
+    reason = f"broken stack: {check.step} failed in {check.package}{involved}: {check.error}"
+    return [Verdict(recipe, "stack", "regressed", None, None, None, None, reason) for recipe in recipes]
+
+
 def compare_record(recipe: str, baseline: RunRecord, candidate: RunRecord,
                    latency_margin: float | None = None, confidence: float = CONFIDENCE) -> list[Verdict]:
     reason = comparable(baseline, candidate)
@@ -367,6 +390,7 @@ def judged(recipe: str, baseline: RunRecord, candidate: RunRecord, margin: float
                       memory_threshold(candidate)),
         compare_count(recipe, "recompiles", baseline.recompiles_after_warmup, candidate.recompiles_after_warmup),
         *compare_quality(recipe, baseline, candidate),
+        *compare_checks(recipe, baseline, candidate),
         *(compare_count(recipe, *values) for values in shared(baseline, candidate, COUNT_METRICS)),
         *(compare_wall_time(recipe, *values) for values in shared(baseline, candidate, START_METRICS)),
         *(compare_value(recipe, metric, base, cand, SWAP_THRESHOLD, SWAP_FLOOR_S)
@@ -406,7 +430,12 @@ def compare_folders(baseline_root: Path, candidate_root: Path, profile: str, lat
     baselines, broken_baselines = read_records(baseline_root, profile)
     ran = candidates.keys() | {record.recipe for record in broken_candidates}
     unreadable = [*broken_candidates, *(record for record in broken_baselines if record.recipe in ran)]
-    return candidates, compare_records(baselines, candidates, latency_margin, confidence, unreadable)
+    verdicts = compare_records(baselines, candidates, latency_margin, confidence, unreadable)
+    check = read_stack_check(candidate_root, profile)
+    if check and not check.ok:
+        lost = [recipe for recipe in check.recipes or sorted(baselines) if recipe not in ran]
+        verdicts = [v for v in verdicts if v.recipe not in lost] + broken_stack_verdicts(check, lost)
+    return candidates, verdicts
 
 
 def any_regression(verdicts: Sequence[Verdict]) -> bool:
@@ -473,7 +502,8 @@ def format_table(verdicts: Sequence[Verdict]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m perf.judge.compare",
-        description="Compare a run's records with stored baselines and print one verdict table. Exit status: "
+        description="Compare a run's records with stored baselines and print one verdict table (a check the run "
+        "failed, or a library stack that failed the suite's stack check, is a regressed row). Exit status: "
         "0 no regression, 1 at least one regression, 2 nothing to compare or a record of a compared recipe "
         "unreadable (the table still judges the other recipes; 2 outranks 1).",
     )
@@ -495,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     candidates, verdicts = compare_folders(args.baseline_dir, args.candidate_dir, args.profile,
                                            args.latency_threshold, args.confidence)
-    if not candidates and not any_error(verdicts):
+    if not candidates and not any_error(verdicts) and not any_regression(verdicts):
         print(f"error: no records under {args.candidate_dir / args.profile}", file=sys.stderr)
         return 2
     print(format_table(verdicts))

@@ -17,7 +17,7 @@ from perf.spec.models import CONFIGS
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 QKV = ("to_q", "to_k", "to_v")
-LORA_VERSION = 2  # bump when the synthetic adapters change, so stale caches are rebuilt
+LORA_VERSION = 3  # bump when the synthetic adapters change, so stale caches are rebuilt
 STRENGTH = 4.0  # std of the weight delta in units of 1/sqrt(fan_in); a default Linear weight's is ~0.58
 
 
@@ -118,8 +118,11 @@ def lora_layers(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]]) -> 
 
 
 def lora_metadata(spec: SyntheticLoraSpec) -> dict:
-    """The adapter config diffusers needs to load ``spec``'s layers (rank, alpha, targets)."""
-    return {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
+    """The adapter config diffusers needs to load ``spec``'s layers (rank, alpha, targets). The empty rank and
+    alpha patterns are part of it: diffusers 0.35-0.37 read ``config["rank_pattern"]`` from the metadata and fail
+    every load with a KeyError without them (later versions fill them in)."""
+    return {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets), "rank_pattern": {},
+            "alpha_pattern": {}}
 
 
 def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:

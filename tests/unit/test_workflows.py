@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -203,11 +202,16 @@ def test_constraint_sets_pin_torch_and_diffusers_and_differ_in_one():
     assert upgraded, "candidate.txt pins the known-good torch and diffusers: nothing to gate"
 
 
-def test_each_constraint_set_has_a_suite_session():
-    listing = nox_listing("suite")
-    assert listing.returncode == 0, listing.stderr
-    sessions = {s["call_spec"]["pins"] for s in json.loads(listing.stdout)}
-    assert sessions == {p.stem for p in CONSTRAINTS.glob("*.txt")}
+def test_each_constraint_set_is_run_by_a_session():
+    """known-good and candidate are the upgrade gate's defaults (nox -s upgrade_gate, bisect); floor.txt is the
+    floor session's (CI): a constraints file no session installs would be a stack nobody tests."""
+    from perf.gate.upgrade import build_parser
+
+    defaults = build_parser().parse_args([])
+    assert nox_listing("upgrade_gate", "bisect", "floor").returncode == 0
+    assert 'FLOOR = "constraints/floor.txt"' in (ROOT / "noxfile.py").read_text()
+    run = {Path(defaults.known_good).stem, Path(defaults.candidate).stem, "floor"}
+    assert run == {p.stem for p in CONSTRAINTS.glob("*.txt")}
 
 
 def test_ci_and_nox_install_from_the_one_known_good_lock():
@@ -290,7 +294,7 @@ def fake_venv(tmp_path):
 
 @pytest.mark.parametrize(("pytest_exit", "script_exit"), [(0, 0), (1, 1), (2, 2), (5, 0)])
 def test_ci_script_treats_no_tests_collected_as_success(fake_venv, pytest_exit, script_exit):
-    env = {**os.environ, "CI_VENV": str(fake_venv / "venv"), "CI_SKIP_INSTALL": "1",
+    env = {**os.environ, "CI_VENV": str(fake_venv / "venv"), "CI_SKIP_INSTALL": "1", "CI_SKIP_FLOOR": "1",
            "FAKE_PYTEST_EXIT": str(pytest_exit), "FAKE_ARGS": str(fake_venv / "args")}
     done = subprocess.run(["bash", str(CI_SCRIPT)], cwd=fake_venv, env=env, capture_output=True, text=True,
                           timeout=60)

@@ -1,0 +1,5 @@
+import sys
+
+from perf.gate.upgrade import main
+
+sys.exit(main())
