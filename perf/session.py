@@ -32,8 +32,8 @@ from perf.judge.baseline_files import (
     record_path,
     refuse_foreign,
 )
-from perf.judge.stack_record import BROKEN_STACK_EXIT, StackCheck
 from perf.judge.record import COMPLETED, Outcome, PeakMemory, RunRecord
+from perf.judge.stack_record import BROKEN_STACK_EXIT, StackCheck
 from perf.run.case import Case, CaseFailed, WrongAdapterCheck, keep_record, open_case
 from perf.run.checks import over_budget
 from perf.run.churn import ChurnResult, churn_pool, churn_sequence

@@ -136,6 +136,7 @@ def run_side(gate: Gate, stack: Stack, folder: str, recipes: str | None = None, 
         env[INJECT_DELAY_ENV] = str(gate.inject_delay)
         if gate.inject_if:
             env[INJECT_IF_ENV] = "==".join(gate.inject_if)
+    (gate.results / "no-stored-baselines").mkdir(parents=True, exist_ok=True)  # an empty --baselines-dir: it must exist
     gate.say(f"upgrade gate: {stack.name}: {' '.join(command[1:])}")
     code = subprocess.run(command, cwd=ROOT, env=env).returncode
     atomic_write_bytes(done, (json.dumps({**stamp, "exit_code": code}, indent=1) + "\n").encode())
