@@ -4,7 +4,7 @@ adapter gives one clear error instead of a peft stack trace or a silently empty 
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,34 +12,156 @@ import torch
 
 from perf.errors import LoraIncompatibleError, SuiteError
 from perf.spec.cache import build_once
+from perf.spec.lora_formats import (
+    DOUBLE,
+    FORMATS,
+    PEFT_FORMATS,
+    SINGLE,
+    MeantLora,
+    expressible,
+    fusion_of,
+    random_lora,
+    split_module,
+    write_lora,
+)
 from perf.spec.models import CONFIGS
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-QKV = ("to_q", "to_k", "to_v")
-LORA_VERSION = 2  # bump when the synthetic adapters change, so stale caches are rebuilt
+LORA_VERSION = 3  # bump when the synthetic adapters change, so stale caches are rebuilt (3: real-world formats)
 STRENGTH = 4.0  # std of the weight delta in units of 1/sqrt(fan_in); a default Linear weight's is ~0.58
 
 
 @dataclass(frozen=True)
 class SyntheticLoraSpec:
+    """A synthetic adapter as the suite writes it: which Linear families it adapts (None: every Linear the format
+    has keys for), in which file format, with per-module ranks and alphas cycling through ``ranks`` and
+    ``alphas`` (multiples of the rank) over its fused groups, so one adapter holds several of each."""
+
     name: str
-    rank: int
-    alpha: float
-    targets: tuple[str, ...]
+    format: str  # one of perf.spec.lora_formats.FORMATS
+    ranks: tuple[int, ...]
+    alphas: tuple[float, ...]
     seed: int
     prompt: str
+    families: tuple[str, ...] | None = None  # perf.spec.loras.family names; None: all the format can express
+    bias: bool = False  # a lora_B bias on every module (PEFT-format files)
+
+    @property
+    def rank(self) -> int:
+        return max(self.ranks)
+
+
+def family(module: str) -> str:
+    """A Linear's family: its name inside a block, with the block's kind (``double.attn.to_q``,
+    ``single.proj_out``), or its own name at the top level (``proj_out``, ``x_embedder``)."""
+    kind, _, local = split_module(module)
+    return {DOUBLE: "double.", SINGLE: "single.", "": ""}[kind] + local
+
+
+def scaled_ranks(ranks: tuple[int, ...], size: str) -> tuple[int, ...]:
+    """The tiny model's ranks; four times them at full size (FLUX.1-dev adapters are rank 16-128)."""
+    return ranks if size == "tiny" else tuple(4 * r for r in ranks)
 
 
 def synthetic_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
-    """Three adapters: the first targets the most modules (hot-swapped adapters may only target a subset);
-    ranks rise so the pool's max rank is not the first adapter's; alphas differ so scales differ."""
-    r1, r2, r3 = (4, 8, 16) if size == "tiny" else (16, 32, 64)
+    """The main pool, one adapter per format family people download. The first adapts every Linear of the model
+    (hot-swapped adapters may only target a subset of the first one's modules: ``order_for_hotswap``) and carries
+    a lora_B bias; the others are kohya (``lora_unet_*`` + ``.alpha``), XLabs (``processor.*``) and an ai-toolkit
+    file (``transformer.*`` + ``.alpha``, no metadata) with its tensors in reverse order. ComfyUI and the other
+    formats are in the churn; BFL ``lora_A``/``lora_B`` files are a finding (``format_findings``)."""
     return (
-        SyntheticLoraSpec("style_a", r1, r1, ATTENTION, 1, "a red fox in the snow, style_a"),
-        SyntheticLoraSpec("style_b", r2, 2 * r2, QKV, 2, "a lighthouse at dusk, style_b"),
-        SyntheticLoraSpec("style_c", r3, r3 / 2, ATTENTION, 3, "a bowl of ramen, style_c"),
+        SyntheticLoraSpec("peft_all", "peft", scaled_ranks((4, 2, 8), size), (1, 2, 0.5), 1,
+                          "a red fox in the snow, peft_all", bias=True),
+        SyntheticLoraSpec("kohya", "kohya", scaled_ranks((8, 4), size), (1, 0.5, 2), 2, "a lighthouse at dusk, kohya"),
+        SyntheticLoraSpec("xlabs", "xlabs", scaled_ranks((16, 4, 8), size), (1,), 3, "a bowl of ramen, xlabs"),
+        SyntheticLoraSpec("ai_toolkit_reordered", "reordered", scaled_ranks((2, 8, 4), size), (2, 1, 0.5), 4,
+                          "a paper boat on a lake, ai_toolkit_reordered",
+                          families=("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.ff.net.2",
+                                    "single.proj_mlp", "single.proj_out", "proj_out", "context_embedder")),
     )
+
+
+def meant_lora(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]],
+               excluded: frozenset[str] = frozenset()) -> MeantLora:
+    """``spec``'s adapter as meant, for the Linears ``shapes`` lists (out, in by module) less the ``excluded``
+    families. Seeded, never zero: B is random too, scaled so each module's delta has std ``STRENGTH``/sqrt(fan_in),
+    about 7x a default-initialized weight: a random FLUX barely moves its image for smaller deltas (0.9x gave
+    0.012 mean abs on the H100), and the swap checks need adapters whose images differ well beyond bf16 noise.
+    The modules of one fused group of the format share a rank and an alpha (XLabs: one A too), as the format
+    stores them."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    chosen = {m: s for m, s in shapes.items() if expressible(m, spec.format) and family(m) not in excluded
+              and (spec.families is None or family(m) in spec.families)}
+    meant = {}
+    for i, (_, modules) in enumerate(sorted(fused_modules(chosen, spec.format).items())):
+        rank = spec.ranks[i % len(spec.ranks)]
+        alpha = rank * spec.alphas[(i // len(spec.ranks)) % len(spec.alphas)]
+        shared = None
+        for module in modules:
+            out_f, in_f = chosen[module]
+            meant[module] = random_lora(out_f, in_f, rank, alpha, gen, STRENGTH, spec.bias, shared)
+            shared = meant[module].a if spec.format == "xlabs" else None
+    return meant
+
+
+def fused_modules(modules, fmt: str) -> dict[str, list[str]]:
+    """``modules`` grouped as ``fmt`` stores them: one group per fused Linear of kohya, ComfyUI, BFL and XLabs
+    files, one per module in PEFT-format files."""
+    groups: dict[str, list[str]] = {}
+    for module in sorted(modules):
+        fused = None if fmt in PEFT_FORMATS else fusion_of(module, "xlabs" if fmt == "xlabs" else "bfl")
+        groups.setdefault(fused[0] if fused else module, []).append(module)
+    return groups
+
+
+@dataclass(frozen=True)
+class FormatFinding:
+    """What diffusers cannot do with a format's keys for some Linear families at this model's widths, measured
+    each time a pool is made (one file per fused group of the first block of each kind, converted with
+    ``FluxPipeline.lora_state_dict``): the pool leaves those keys out of its adapter of that format, and every
+    record names the finding, so the gap is in the open and closes by itself when diffusers fixes it."""
+
+    format: str
+    families: tuple[str, ...]
+    problem: str
+    versions: str
+
+    def describe(self) -> str:
+        return f"{self.format} keys for {', '.join(self.families)}: {self.problem} ({self.versions})"
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{name} {version(name)}" for name in ("diffusers", "peft", "torch"))
+
+
+def format_findings(fmt: str, shapes: dict[str, tuple[int, int]]) -> tuple[FormatFinding, ...]:
+    """Each fused group of ``fmt`` (in the first double and single block, and at the top level) written alone
+    and read as diffusers loads it: a group it cannot convert, or converts to modules it does not load, is a
+    finding."""
+    import tempfile
+
+    probe = SyntheticLoraSpec("probe", fmt, (4,), (1,), 0, "")
+    firsts = {m: s for m, s in shapes.items() if split_module(m)[1] in (None, 0) and expressible(m, fmt)}
+    findings = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (_, modules) in enumerate(sorted(fused_modules(firsts, fmt).items())):
+            families = tuple(sorted({family(m) for m in modules}))
+            meant = meant_lora(dataclasses.replace(probe, families=families), {m: firsts[m] for m in modules})
+            path = write_lora(meant, fmt, Path(folder) / f"{i}.safetensors")
+            try:
+                loaded = {layer.module for layer in _transformer_layers(_diffusers_shapes(path))}
+            except SuiteError as exc:
+                findings.append(FormatFinding(fmt, families, f"diffusers cannot convert them: {exc.args[0]}",
+                                              _versions()))
+                continue
+            missing = sorted(set(meant) - loaded)
+            if missing:
+                problem = (f"diffusers converts them but loads nothing into {', '.join(missing)}"
+                           f"{' (it loads ' + ', '.join(sorted(loaded)) + ')' if loaded else ''}")
+                findings.append(FormatFinding(fmt, families, problem, _versions()))
+    return tuple(findings)
 
 
 @dataclass(frozen=True)
@@ -51,6 +173,7 @@ class LoraLayer:
     rank: int
     in_features: int
     out_features: int | None  # None: the file has no lora_B for it
+    bias: bool = False  # the file has a lora_B bias for it (peft's lora_bias)
 
 
 @dataclass(frozen=True)
@@ -69,10 +192,15 @@ class LoraAdapter:
     def modules(self) -> frozenset[str]:
         return frozenset(layer.module for layer in self.layers)
 
+    @property
+    def bias_modules(self) -> frozenset[str]:
+        return frozenset(layer.module for layer in self.layers if layer.bias)
+
 
 @dataclass(frozen=True)
 class LoraPool:
     adapters: tuple[LoraAdapter, ...]
+    findings: tuple[FormatFinding, ...] = ()  # what diffusers could not load of the synthetic formats
 
     @property
     def max_rank(self) -> int:
@@ -94,44 +222,6 @@ def transformer_linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 
     with torch.device("meta"):
         return linear_shapes(FluxTransformer2DModel.from_config(config))
-
-
-def _matches(module: str, targets: tuple[str, ...]) -> bool:
-    return any(module == t or module.endswith("." + t) for t in targets)
-
-
-def lora_layers(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
-    """``spec``'s peft-format LoRA weights for the Linears ``shapes`` lists. Seeded, never zero: B is random too,
-    scaled so the adapter's weight delta has std ``STRENGTH``/sqrt(fan_in), about 7x a default-initialized
-    weight: a random FLUX barely moves its image for smaller deltas (0.9x gave 0.012 mean abs on the H100),
-    and the swap checks need adapters whose images differ well beyond bf16 noise."""
-    gen = torch.Generator().manual_seed(spec.seed)
-    layers = {}
-    for module, (out_f, in_f) in shapes.items():
-        if not _matches(module, spec.targets):
-            continue
-        a = torch.randn(spec.rank, in_f, generator=gen) / math.sqrt(in_f)
-        b = torch.randn(out_f, spec.rank, generator=gen) * (STRENGTH * math.sqrt(spec.rank) / spec.alpha)
-        layers[f"{module}.lora_A.weight"] = a.to(torch.bfloat16)
-        layers[f"{module}.lora_B.weight"] = b.to(torch.bfloat16)
-    return layers
-
-
-def lora_metadata(spec: SyntheticLoraSpec) -> dict:
-    """The adapter config diffusers needs to load ``spec``'s layers (rank, alpha, targets)."""
-    return {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets)}
-
-
-def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:
-    """Save ``spec`` for the transformer of ``size`` as a diffusers LoRA (peft keys + adapter metadata)."""
-    from diffusers import FluxPipeline
-
-    layers = lora_layers(spec, transformer_linear_shapes(CONFIGS[size]["transformer"]))
-    build_once(folder, WEIGHT_NAME, lambda staging: FluxPipeline.save_lora_weights(
-        staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME,
-        transformer_lora_adapter_metadata=lora_metadata(spec),
-    ))
-    return folder / WEIGHT_NAME
 
 
 def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) -> LoraAdapter:
@@ -216,26 +306,37 @@ def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLay
         return {k.removeprefix(TRANSFORMER_PREFIX).removesuffix(suffix): s for k, s in shapes.items()
                 if k.startswith(TRANSFORMER_PREFIX) and k.endswith(suffix)}
 
-    b = by_module(b_suffix)
+    b, bias = by_module(b_suffix), by_module(".lora_B.bias")
     return frozenset(
-        LoraLayer(module, int(a[0]), int(a[-1]), int(b[module][0]) if module in b else None)
+        LoraLayer(module, int(a[0]), int(a[-1]), int(b[module][0]) if module in b else None, module in bias)
         for module, a in by_module(a_suffix).items()
     )
 
 
 def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path) -> LoraPool:
-    """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file."""
+    """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file, each without
+    the keys diffusers cannot load at this size (``format_findings``: every format is probed, the pool's or not,
+    and the findings travel with the pool into every record)."""
+    shapes = transformer_linear_shapes(CONFIGS[size]["transformer"])
+    findings = {fmt: format_findings(fmt, shapes) for fmt in FORMATS}
     adapters = []
     for spec in specs:
-        path = folder / spec.name / WEIGHT_NAME
-        if not path.is_file():
-            path = write_synthetic_lora(spec, size, folder / spec.name)
-        adapters.append(inspect_lora(path, spec.name, spec.prompt, synthetic=True))
-    return LoraPool(tuple(adapters))
+        excluded = frozenset(f for finding in findings[spec.format] for f in finding.families)
+        where = folder / (spec.name + (f"-without-{_digest(sorted(excluded))}" if excluded else ""))
+        meant = meant_lora(spec, shapes, excluded)
+        build_once(where, WEIGHT_NAME, lambda staging, m=meant, f=spec.format: write_lora(m, f, staging / WEIGHT_NAME))
+        adapters.append(inspect_lora(where / WEIGHT_NAME, spec.name, spec.prompt, synthetic=True))
+    return order_for_hotswap(LoraPool(tuple(adapters), tuple(f for fmt in FORMATS for f in findings[fmt])))
 
 
 def synthetic_pool(size: str, cache: Path) -> LoraPool:
     return pool_of_specs(synthetic_specs(size), size, cache / "loras" / f"synthetic-{size}-v{LORA_VERSION}")
+
+
+def _digest(parts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
 
 
 def user_pool(specs: list[str], prompt: str) -> LoraPool:
@@ -259,7 +360,7 @@ REAL_LORA_PROMPT = "a photo of a cat holding a sign that says hello world"
 
 def pool_for(specs: list[str], size: str, cache: Path) -> LoraPool:
     """The user's adapters (``--lora``) or the synthetic pool for the model size; at least two to swap between."""
-    pool = user_pool(specs, REAL_LORA_PROMPT) if specs else synthetic_pool(size, cache)
+    pool = order_for_hotswap(user_pool(specs, REAL_LORA_PROMPT)) if specs else synthetic_pool(size, cache)
     if len(pool.adapters) < 2:
         raise SuiteError("the LoRA pool needs at least two adapters to swap between; pass --lora twice or more")
     return pool
@@ -278,20 +379,48 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
             f"enable_lora_hotswap(target_rank=...) must be at least the pool's max rank; pass --max-rank "
             f"{candidate.rank} or more, or leave it unset to use the pool's max rank"
         )
-    extra = sorted(candidate.modules - first.modules)
+    extra = uncovered(first, candidate)
     if extra:
         shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} targets {len(extra)} module(s) that the first adapter {first.name!r} does "
-            f"not ({shown}): a hot-swapped adapter may only target the same modules as the first one or a "
-            "subset; load the adapter with the most targets first"
+            f"LoRA {candidate.name!r} targets {len(extra)} module(s) (or lora_B biases) that the first adapter "
+            f"{first.name!r} does not ({shown}): PEFT hot-swaps only into the LoRA layers the first adapter made, "
+            "so a later adapter may target the same modules or a subset; load the adapter with the most targets "
+            "first"
         )
 
 
+def uncovered(first: LoraAdapter, candidate: LoraAdapter) -> list[str]:
+    """What ``candidate`` needs that hot-swapping into ``first``'s layers cannot give: modules ``first`` has no
+    LoRA layer for, and lora_B biases where ``first``'s layer has none (peft's ``hotswap_adapter_from_state_dict``
+    refuses both as unexpected keys; missing ones it zeroes)."""
+    return sorted(candidate.modules - first.modules) + sorted(
+        f"{m} (lora_B bias)" for m in candidate.bias_modules - first.bias_modules)
+
+
+def order_for_hotswap(pool: LoraPool) -> LoraPool:
+    """The pool with an adapter that covers all the others first (the first of them in the given order), so every
+    other one can be hot-swapped into its layers; unchanged when none does (``check_pool`` then says why no order
+    works, for the recipes that hot-swap)."""
+    for i, adapter in enumerate(pool.adapters):
+        if not any(uncovered(adapter, other) for other in pool.adapters):
+            return dataclasses.replace(pool, adapters=(adapter, *pool.adapters[:i], *pool.adapters[i + 1:]))
+    return pool
+
+
 def check_pool(pool: LoraPool, target_rank: int) -> None:
-    """Every adapter fits the first one's hot-swap preparation."""
+    """Every adapter fits the first one's hot-swap preparation; when none could be first, say so for the pool."""
+    first = pool.adapters[0]
+    if any(uncovered(first, other) for other in pool.adapters):
+        needs = {a.name: len(uncovered(b, a)) for a in pool.adapters for b in pool.adapters if uncovered(b, a)}
+        raise LoraIncompatibleError(
+            f"no order of the LoRA pool can be hot-swapped: PEFT hot-swaps only into the LoRA layers the first "
+            f"adapter made, and no adapter targets every module (and lora_B bias) the others do ({pool.describe()}"
+            f"; adapters with targets another lacks: {needs}). Add an adapter that covers them all, or run the "
+            "recipes without hot-swap"
+        )
     for adapter in pool.adapters:
-        check_hotswap(pool.adapters[0], adapter, target_rank)
+        check_hotswap(first, adapter, target_rank)
 
 
 def hotswap_target_rank(pool: LoraPool, requested: int | None) -> int:
