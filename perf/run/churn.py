@@ -27,11 +27,11 @@ def churn_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
     adapter's targets (every Linear). The first, in the one format the main pool lacks, is the churn's last."""
     subjects = ("a koi pond", "a mountain cabin", "a city at night", "a vintage car", "a sunflower field", "a robot")
     attention = ("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.attn.to_out.0")
-    shapes = (
-        ("comfyui", (4, 8), (1, 2), None), ("kohya", (2, 4), (0.5, 1), (*attention, "double.ff.net.0.proj")),
-        ("xlabs", (8, 2), (1,), None), ("ai_toolkit", (16, 4), (1, 3), (*attention, "single.norm.linear")),
-        ("peft", (4, 16), (2, 0.5), ("x_embedder", "double.norm1_context.linear", "single.attn.to_v")),
-        ("reordered", (8,), (1,), attention),
+    shapes = (  # format, ranks, alphas (None: alpha = rank), families (None: all the format has keys for)
+        ("comfyui", (8,), (4.0, 16.0), None), ("kohya", (4,), (2.0, 8.0), (*attention, "double.ff.net.0.proj")),
+        ("xlabs", (8,), None, None), ("ai_toolkit", (16, 4), (8.0,), (*attention, "single.norm.linear")),
+        ("peft", (4, 16), (12.0,), ("x_embedder", "double.norm1_context.linear", "single.attn.to_v")),
+        ("reordered", (8,), (8.0,), attention),
     )
     return tuple(
         SyntheticLoraSpec(f"churn_{i}_{fmt}", fmt, scaled_ranks(ranks, size), alphas, 100 + i,

@@ -179,16 +179,18 @@ def peft_tensors(meant: MeantLora, alphas: bool) -> dict[str, torch.Tensor]:
 def lora_config(meant: MeantLora) -> dict:
     """The PEFT ``LoraConfig`` fields that define ``meant``'s effect, as diffusers reads them from a file's
     metadata: the commonest rank and alpha, every other module's in ``rank_pattern``/``alpha_pattern`` (diffusers
-    0.35-0.37 need the patterns present), targets by exact name (a pattern key ``proj_out`` would also match
-    every block's ``proj_out``), lora_bias where any module has one."""
+    0.35-0.37 need the patterns present), targets by exact name and pattern keys anchored with ``^`` as diffusers
+    anchors them itself (peft matches a pattern as a suffix, first match wins: an unanchored ``proj_out`` gave
+    every single block's ``proj_out`` the top-level one's alpha, 99.7% of its delta wrong), lora_bias where any
+    module has one."""
     from collections import Counter
 
     r = Counter(lo.rank for lo in meant.values()).most_common(1)[0][0]
     alpha = Counter(lo.alpha for lo in meant.values()).most_common(1)[0][0]
     return {
         "r": r, "lora_alpha": alpha,
-        "rank_pattern": {m: lo.rank for m, lo in sorted(meant.items()) if lo.rank != r},
-        "alpha_pattern": {m: lo.alpha for m, lo in sorted(meant.items()) if lo.alpha != alpha},
+        "rank_pattern": {f"^{m}": lo.rank for m, lo in sorted(meant.items()) if lo.rank != r},
+        "alpha_pattern": {f"^{m}": lo.alpha for m, lo in sorted(meant.items()) if lo.alpha != alpha},
         "target_modules": sorted(meant), "lora_bias": any(lo.bias is not None for lo in meant.values()),
         "use_dora": False, "use_rslora": False,
     }
@@ -242,7 +244,7 @@ def write_safetensors_in_order(tensors: dict[str, torch.Tensor], path: Path) -> 
     sorts them): the format allows any order, and a loader must not depend on it."""
     header, offset, blobs = {}, 0, []
     for name, tensor in tensors.items():
-        blob = tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        blob = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + len(blob)]}
         offset += len(blob)

@@ -35,12 +35,16 @@ STRENGTH = 4.0  # std of the weight delta in units of 1/sqrt(fan_in); a default 
 class SyntheticLoraSpec:
     """A synthetic adapter as the suite writes it: which Linear families it adapts (None: every Linear the format
     has keys for), in which file format, with per-module ranks and alphas cycling through ``ranks`` and
-    ``alphas`` (multiples of the rank) over its fused groups, so one adapter holds several of each."""
+    ``alphas`` over its fused groups (``alphas`` None: alpha = rank, as in files without alphas).
+
+    One adapter mixes ranks, or alphas, not both where peft must derive an ``alpha_pattern`` that differs from
+    another adapter's: peft refuses to hot-swap those (``hotswap_findings``). So PEFT and ai-toolkit files mix
+    ranks under one alpha, kohya files mix alphas (baked into the weights) under one rank."""
 
     name: str
     format: str  # one of perf.spec.lora_formats.FORMATS
     ranks: tuple[int, ...]
-    alphas: tuple[float, ...]
+    alphas: tuple[float, ...] | None
     seed: int
     prompt: str
     families: tuple[str, ...] | None = None  # perf.spec.loras.family names; None: all the format can express
@@ -70,11 +74,12 @@ def synthetic_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
     file (``transformer.*`` + ``.alpha``, no metadata) with its tensors in reverse order. ComfyUI and the other
     formats are in the churn; BFL ``lora_A``/``lora_B`` files are a finding (``format_findings``)."""
     return (
-        SyntheticLoraSpec("peft_all", "peft", scaled_ranks((4, 2, 8), size), (1, 2, 0.5), 1,
+        SyntheticLoraSpec("peft_all", "peft", scaled_ranks((4, 2, 8), size), (6.0,), 1,
                           "a red fox in the snow, peft_all", bias=True),
-        SyntheticLoraSpec("kohya", "kohya", scaled_ranks((8, 4), size), (1, 0.5, 2), 2, "a lighthouse at dusk, kohya"),
-        SyntheticLoraSpec("xlabs", "xlabs", scaled_ranks((16, 4, 8), size), (1,), 3, "a bowl of ramen, xlabs"),
-        SyntheticLoraSpec("ai_toolkit_reordered", "reordered", scaled_ranks((2, 8, 4), size), (2, 1, 0.5), 4,
+        SyntheticLoraSpec("kohya", "kohya", scaled_ranks((8,), size), (8.0, 3.0, 16.0, 4.0), 2,
+                          "a lighthouse at dusk, kohya"),
+        SyntheticLoraSpec("xlabs", "xlabs", scaled_ranks((16,), size), None, 3, "a bowl of ramen, xlabs"),
+        SyntheticLoraSpec("ai_toolkit_reordered", "reordered", scaled_ranks((2, 8, 4), size), (3.0,), 4,
                           "a paper boat on a lake, ai_toolkit_reordered",
                           families=("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.ff.net.2",
                                     "single.proj_mlp", "single.proj_out", "proj_out", "context_embedder")),
@@ -95,7 +100,7 @@ def meant_lora(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]],
     meant = {}
     for i, (_, modules) in enumerate(sorted(fused_modules(chosen, spec.format).items())):
         rank = spec.ranks[i % len(spec.ranks)]
-        alpha = rank * spec.alphas[(i // len(spec.ranks)) % len(spec.alphas)]
+        alpha = rank if spec.alphas is None else spec.alphas[i % len(spec.alphas)]
         shared = None
         for module in modules:
             out_f, in_f = chosen[module]
@@ -142,26 +147,26 @@ def format_findings(fmt: str, shapes: dict[str, tuple[int, int]]) -> tuple[Forma
     finding."""
     import tempfile
 
-    probe = SyntheticLoraSpec("probe", fmt, (4,), (1,), 0, "")
+    from diffusers import FluxPipeline
+
+    probe = SyntheticLoraSpec("probe", fmt, (4,), None, 0, "")
     firsts = {m: s for m, s in shapes.items() if split_module(m)[1] in (None, 0) and expressible(m, fmt)}
-    findings = []
+    failed: dict[str, list[str]] = {}  # problem -> families
     with tempfile.TemporaryDirectory() as folder:
         for i, (_, modules) in enumerate(sorted(fused_modules(firsts, fmt).items())):
-            families = tuple(sorted({family(m) for m in modules}))
-            meant = meant_lora(dataclasses.replace(probe, families=families), {m: firsts[m] for m in modules})
+            families = sorted({family(m) for m in modules})
+            meant = meant_lora(dataclasses.replace(probe, families=tuple(families)), {m: firsts[m] for m in modules})
             path = write_lora(meant, fmt, Path(folder) / f"{i}.safetensors")
             try:
-                loaded = {layer.module for layer in _transformer_layers(_diffusers_shapes(path))}
-            except SuiteError as exc:
-                findings.append(FormatFinding(fmt, families, f"diffusers cannot convert them: {exc.args[0]}",
-                                              _versions()))
+                converted = FluxPipeline.lora_state_dict(str(path))
+            except Exception as exc:  # diffusers' converters fail with bare assertions and key errors
+                failed.setdefault(f"diffusers cannot convert them ({type(exc).__name__})", []).extend(families)
                 continue
-            missing = sorted(set(meant) - loaded)
-            if missing:
-                problem = (f"diffusers converts them but loads nothing into {', '.join(missing)}"
-                           f"{' (it loads ' + ', '.join(sorted(loaded)) + ')' if loaded else ''}")
-                findings.append(FormatFinding(fmt, families, problem, _versions()))
-    return tuple(findings)
+            loaded = {layer.module for layer in _transformer_layers({k: tuple(v.shape) for k, v in converted.items()})}
+            if set(meant) - loaded:
+                failed.setdefault("diffusers converts them to keys load_lora_weights ignores, so it loads nothing "
+                                  "into those modules, silently", []).extend(families)
+    return tuple(FormatFinding(fmt, tuple(families), problem, _versions()) for problem, families in failed.items())
 
 
 @dataclass(frozen=True)
@@ -273,10 +278,11 @@ def _check_lora_tensors(path: Path) -> None:
         raise SuiteError(
             f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated? Download or save it again"
         ) from exc
-    if not any(".lora_A." in k or ".lora_down." in k for k in keys):
+    if not any(".lora_A." in k or ".lora_down." in k or (".processor." in k and k.endswith(".down.weight"))
+               for k in keys):
         raise SuiteError(
             f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(keys)} tensors); pass a LoRA "
-            "adapter file (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up weights)"
+            "adapter file (diffusers/peft lora_A/lora_B, kohya lora_down/lora_up or XLabs processor weights)"
         )
 
 
@@ -313,6 +319,16 @@ def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLay
     )
 
 
+def synthetic_meant(spec: SyntheticLoraSpec, size: str) -> MeantLora:
+    """``spec``'s adapter as the pool writes it for ``size``: without the families its format cannot load there."""
+    shapes = transformer_linear_shapes(CONFIGS[size]["transformer"])
+    return meant_lora(spec, shapes, excluded_families(format_findings(spec.format, shapes)))
+
+
+def excluded_families(findings: tuple[FormatFinding, ...]) -> frozenset[str]:
+    return frozenset(f for finding in findings for f in finding.families)
+
+
 def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path) -> LoraPool:
     """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file, each without
     the keys diffusers cannot load at this size (``format_findings``: every format is probed, the pool's or not,
@@ -321,7 +337,7 @@ def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path)
     findings = {fmt: format_findings(fmt, shapes) for fmt in FORMATS}
     adapters = []
     for spec in specs:
-        excluded = frozenset(f for finding in findings[spec.format] for f in finding.families)
+        excluded = excluded_families(findings[spec.format])
         where = folder / (spec.name + (f"-without-{_digest(sorted(excluded))}" if excluded else ""))
         meant = meant_lora(spec, shapes, excluded)
         build_once(where, WEIGHT_NAME, lambda staging, m=meant, f=spec.format: write_lora(m, f, staging / WEIGHT_NAME))
