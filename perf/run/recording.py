@@ -75,6 +75,7 @@ def identity(recipe: Recipe, spec: RunSpec) -> dict[str, Any]:
         "recipe": dataclasses.asdict(recipe),
         "settings": spec.settings.to_dict(),
         "lora_pool": pool_entries(spec.pool),
+        "lora_findings": [finding.describe() for finding in spec.pool.findings],  # what diffusers could not load
         "versions": library_versions(),
         "python": sys.version.split()[0],
         "date": now_iso(),

@@ -82,7 +82,8 @@ def synthetic_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
         SyntheticLoraSpec("ai_toolkit_reordered", "reordered", scaled_ranks((2, 8, 4), size), (3.0,), 4,
                           "a paper boat on a lake, ai_toolkit_reordered",
                           families=("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.ff.net.2",
-                                    "single.proj_mlp", "single.proj_out", "proj_out", "context_embedder")),
+                                    "single.proj_mlp", "single.proj_out", "proj_out", "context_embedder",
+                                    "x_embedder")),
     )
 
 
