@@ -429,12 +429,12 @@ def check_pool(pool: LoraPool, target_rank: int) -> None:
     """Every adapter fits the first one's hot-swap preparation; when none could be first, say so for the pool."""
     first = pool.adapters[0]
     if any(uncovered(first, other) for other in pool.adapters):
-        needs = {a.name: len(uncovered(b, a)) for a in pool.adapters for b in pool.adapters if uncovered(b, a)}
+        lacks = "; ".join(f"{a.name} lacks targets of {', '.join(b.name for b in pool.adapters if uncovered(a, b))}"
+                          for a in pool.adapters)
         raise LoraIncompatibleError(
             f"no order of the LoRA pool can be hot-swapped: PEFT hot-swaps only into the LoRA layers the first "
-            f"adapter made, and no adapter targets every module (and lora_B bias) the others do ({pool.describe()}"
-            f"; adapters with targets another lacks: {needs}). Add an adapter that covers them all, or run the "
-            "recipes without hot-swap"
+            f"adapter made, and no adapter targets every module (and lora_B bias) the others do ({lacks}). Add an "
+            "adapter that covers them all, or run the recipes without hot-swap"
         )
     for adapter in pool.adapters:
         check_hotswap(first, adapter, target_rank)

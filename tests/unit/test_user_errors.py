@@ -73,12 +73,14 @@ def test_rank_above_max_rank_says_to_pass_at_least_the_pools_max(tmp_path):
     assert "pass --max-rank 16 or more, or leave it unset" in output
 
 
-def test_second_adapter_with_targets_the_first_lacks(tmp_path):
+def test_a_pool_no_order_can_hot_swap(tmp_path):
+    """q/k and k/v: each targets a module the other lacks, so neither can be loaded first (a pool where one
+    covers the others is reordered instead: tests/unit/test_lora_formats.py)."""
     first = lora_file(tmp_path / "a.safetensors", QKV[:2])
-    second = lora_file(tmp_path / "b.safetensors", QKV)
+    second = lora_file(tmp_path / "b.safetensors", QKV[1:])
     output = refused(tmp_path, *pool_args(first, second))
-    assert "targets 1 module(s) that the first adapter 'lora0' does not (transformer_blocks.0.attn.to_v)" in output
-    assert "load the adapter with the most targets first" in output
+    assert "no order of the LoRA pool can be hot-swapped" in output
+    assert "Add an adapter that covers them all" in output
 
 
 def test_adapter_with_text_encoder_weights(tmp_path):
