@@ -1,6 +1,7 @@
 """A slowdown the gate must catch, injected from outside the library: ``-p tests.gate_slowdown`` with
-``FLUX_LORA_PERF_INJECT_DELAY_S=SECONDS`` makes every generation sleep that long after the image is made. nox's
-upgrade gate loads it into the candidate suite only (``GATE_INJECT_CANDIDATE_DELAY_S``)."""
+``FLUX_LORA_PERF_INJECT_DELAY_S=SECONDS`` makes every generation spin (busy, so CPU time sees it too) that long
+after the image is made. nox's upgrade gate loads it into the candidate suite only
+(``GATE_INJECT_CANDIDATE_DELAY_S``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def _slow_generations():
 
     def slowed(self, adapter=None):
         image = generate(self, adapter)
-        time.sleep(delay)
+        spent = time.process_time() + delay
+        while time.process_time() < spent:  # busy: slower work costs CPU time, which the cpu profile gates
+            pass
         return image
 
     with pytest.MonkeyPatch.context() as patch:

@@ -23,10 +23,11 @@ import math
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from unittest import mock
 
 import torch
+
+from perf.judge.record import AttentionChoice  # what the build chose is what the record keeps: one type
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")  # the official package first, then the fa3-fwd wheel
 FA3_BACKEND = "_flash_3"
@@ -51,14 +52,6 @@ MAX_REL_ERROR = 2e-2  # bf16 attention vs a float32 reference: ||out - ref|| / |
 MAX_REL_ERROR_FP8 = 0.25
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 FP8_CHECK_BATCH = 2  # the FP8 check runs two batch elements, so a scale read from the wrong one shows
-
-
-@dataclass(frozen=True)
-class AttentionChoice:
-    backend: str  # the diffusers attention backend set on the transformer
-    kernel: str  # what ran, in words, for the record
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    rel_errors: dict[str, float] = field(default_factory=dict)
 
 
 class AttentionCheckFailed(RuntimeError):

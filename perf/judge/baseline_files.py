@@ -1,4 +1,5 @@
-"""Versioned JSON records of a recipe's run: ``baselines/<profile>/<recipe>.json`` (+ thumbnail PNGs).
+"""Record files of a recipe's run: ``baselines/<profile>/<recipe>.json`` (+ thumbnail PNGs), each a
+``perf.judge.record.RunRecord`` as JSON.
 
 A record is data from a run, never typed by hand: device, versions, model source, settings, raw samples.
 Writes are atomic (temporary file + rename), so a killed run never leaves a half-written or lost record.
@@ -6,29 +7,27 @@ Writes are atomic (temporary file + rename), so a killed run never leaves a half
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from perf.errors import BaselineError
+from perf.judge.record import PoolAdapter, RecordError, RunRecord, from_json, to_json
 
 if TYPE_CHECKING:
     from PIL import Image
 
-SCHEMA_VERSION = 1
-REQUIRED = ("schema", "profile", "recipe", "model_source", "device", "emulated", "latency", "versions")
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "torchao", "bitsandbytes", "flash-attn-3")
-# A record's "outcome" (older records lack it: completed).
-COMPLETED, OUT_OF_MEMORY, OVER_COMPILE_BUDGET = "completed", "out_of_memory", "over_compile_budget"
 THUMBNAIL = 128  # stored reference images are at most this many pixels a side
 
 
@@ -157,49 +156,53 @@ def load_thumbnail(path: Path) -> np.ndarray:
     return np.asarray(_open_rgb(path), dtype=np.float32) / 255.0
 
 
-def write_record(root: Path, record: dict[str, Any], images: dict[str, np.ndarray] | None = None,
-                 overwrite_foreign: bool = False) -> Path:
-    """Write ``record`` (and its thumbnails) under ``root``; refuse to replace a record of another device or
-    model source unless ``overwrite_foreign``. Returns the record's path."""
-    path = record_path(root, record["profile"], record["recipe"]["name"])
-    if path.exists() and not overwrite_foreign:
+def refuse_foreign(root: Path, records: Iterable[RunRecord]) -> None:
+    """``BaselineError`` for the first stored record under ``root`` that one of ``records`` would replace though
+    it is of another run (``comparable``: device, model source, settings, emulation or LoRA pool): replacing it
+    would leave the next default run incomparable, a gate that passes having compared nothing. A corrupt record
+    may be replaced."""
+    for record in records:
+        path = record_path(root, record.profile, record.name)
         try:
-            old = read_record(path)
+            reason = comparable(read_record(path), record) if path.exists() else None
         except BaselineError:
-            old = None  # a corrupt record may be replaced
-        if old is not None and (old["device"], old["model_source"]) != (record["device"], record["model_source"]):
+            continue
+        if reason:
             raise BaselineError(
-                f"{path} holds a baseline from {old['device']} / {old['model_source']}; this run is "
-                f"{record['device']} / {record['model_source']}. Pass --overwrite-foreign-baselines to replace it"
+                f"--update-baselines would replace {path}, a baseline of another run ({reason}); pass "
+                "--overwrite-foreign-baselines to replace it, or --baselines-dir another folder"
             )
-    record = {**record, "images": {}}
+
+
+def write_record(root: Path, record: RunRecord, images: dict[str, np.ndarray] | None = None,
+                 overwrite_foreign: bool = False) -> Path:
+    """Write ``record`` (and its thumbnails, named in its ``images``) under ``root``; refuse to replace a record of
+    another run (``refuse_foreign``) unless ``overwrite_foreign``. Thumbnails of the replaced record that the new
+    one does not have are removed once the new record is in place. Returns the record's path."""
+    path = record_path(root, record.profile, record.name)
+    if not overwrite_foreign:
+        refuse_foreign(root, [record])
+    names = {}
     for adapter, image in (images or {}).items():
         png = path.with_name(f"{path.stem}.{adapter}.png")
         save_thumbnail(image, png)
-        record["images"][adapter] = png.name
-    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        names[adapter] = png.name
+    atomic_write_bytes(path, to_json(dataclasses.replace(record, images=names)).encode())
+    for stale in set(path.parent.glob(f"{path.stem}.*.png")) - {path.with_name(n) for n in names.values()}:
+        stale.unlink(missing_ok=True)
     return path
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A validated record; ``BaselineError`` naming the file and the problem otherwise."""
+def read_record(path: Path) -> RunRecord:
+    """A validated record (``perf.judge.record``); ``BaselineError`` naming the file, the problem and the fix."""
     try:
-        record = json.loads(Path(path).read_text())
+        text = Path(path).read_bytes()
     except FileNotFoundError:
         raise BaselineError(f"no baseline at {path}; record one with --update-baselines") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"baseline {path} is corrupt ({exc}); restore it from git or re-record it") from exc
-    if not isinstance(record, dict):
-        raise BaselineError(f"baseline {path} is not a JSON object")
-    if record.get("schema") != SCHEMA_VERSION:
-        raise BaselineError(
-            f"baseline {path} has schema version {record.get('schema')!r}; this suite reads version "
-            f"{SCHEMA_VERSION}: re-record it with --update-baselines"
-        )
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        raise BaselineError(f"baseline {path} lacks {', '.join(missing)}; re-record it with --update-baselines")
-    return record
+    try:
+        return from_json(text)
+    except RecordError as exc:
+        raise BaselineError(f"baseline {path} {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,20 @@ class UnreadableRecord:
         return self.path.stem
 
 
-def read_records(root: Path, profile: str) -> tuple[dict[str, dict[str, Any]], list[UnreadableRecord]]:
+def folder_problem(path: Path, name: str) -> str | None:
+    """Why ``path``, an input folder of a command, cannot be read (missing, a file, or empty), or None: the
+    commands stop on it with their documented exit status before writing anything."""
+    path = Path(path)
+    if not path.exists():
+        return f"{name} {path}: no such folder"
+    if not path.is_dir():
+        return f"{name} {path}: not a folder"
+    if not any(path.iterdir()):
+        return f"{name} {path}: empty folder"
+    return None
+
+
+def read_records(root: Path, profile: str) -> tuple[dict[str, RunRecord], list[UnreadableRecord]]:
     """All readable records of ``profile`` keyed by recipe name, and the files that could not be read."""
     folder = Path(root) / profile
     records, unreadable = {}, []
@@ -227,39 +243,37 @@ def read_records(root: Path, profile: str) -> tuple[dict[str, dict[str, Any]], l
     return records, unreadable
 
 
-def describe_pool(pool: list[dict[str, Any]]) -> str:
+def describe_pool(pool: Sequence[PoolAdapter]) -> str:
     """A pool as a reason can show it: synthetic adapters by name and rank, a user's files by name and hash."""
     return ", ".join(
-        f"synthetic {a['name']} r{a['rank']}" if a.get("synthetic")
-        else f"{a.get('file') or a['name']} (sha {(a.get('sha256') or 'not recorded')[:12]})"
+        f"synthetic {a.name} r{a.rank}" if a.synthetic
+        else f"{a.file or a.name} (sha {(a.sha256 or 'not recorded')[:12]})"
         for a in pool
     )
 
 
-def adapter_key(adapter: dict[str, Any], by_hash: bool) -> tuple:
+def adapter_key(adapter: PoolAdapter, by_hash: bool) -> tuple:
     """What identifies an adapter across runs. A user's file is its content (``by_hash``: its sha256, whatever its
     path). A synthetic adapter is made from code, so its spec names it: its file's bytes change with the saving
     library's version, and the upgrade gate compares runs of two versions. Records from before hashes were kept
     fall back to what they have: name, rank and modules."""
-    if by_hash and not adapter.get("synthetic"):
-        return ("file", adapter["sha256"])
-    return (bool(adapter.get("synthetic")), adapter.get("name"), adapter.get("rank"), adapter.get("modules"))
+    if by_hash and not adapter.synthetic:
+        return ("file", adapter.sha256)
+    return (adapter.synthetic, adapter.name, adapter.rank, adapter.modules)
 
 
-def pool_difference(baseline: list[dict[str, Any]] | None, record: list[dict[str, Any]] | None) -> str | None:
-    """Why two records' LoRA pools are not the same pool, or None. Records without a pool are not judged on it."""
-    if baseline is None or record is None:
-        return None
-    by_hash = all(a.get("sha256") for a in [*baseline, *record] if not a.get("synthetic"))
+def pool_difference(baseline: Sequence[PoolAdapter], record: Sequence[PoolAdapter]) -> str | None:
+    """Why two records' LoRA pools are not the same pool, or None."""
+    by_hash = all(a.sha256 for a in [*baseline, *record] if not a.synthetic)
     if [adapter_key(a, by_hash) for a in baseline] == [adapter_key(a, by_hash) for a in record]:
         return None
     basis = "" if by_hash else " (by name, rank and modules: a record without file hashes)"
     return f"LoRA pool differs{basis}: baseline {describe_pool(baseline)}; this run {describe_pool(record)}"
 
 
-def comparable(baseline: dict[str, Any], record: dict[str, Any]) -> str | None:
+def comparable(baseline: RunRecord, record: RunRecord) -> str | None:
     """Why two records cannot be compared (other device, model source, settings or LoRA pool), or None."""
     for key in ("device", "model_source", "settings", "emulated"):
-        if baseline.get(key) != record.get(key):
-            return f"{key} differs: baseline {baseline.get(key)!r}, this run {record.get(key)!r}"
-    return pool_difference(baseline.get("lora_pool"), record.get("lora_pool"))
+        if getattr(baseline, key) != getattr(record, key):
+            return f"{key} differs: baseline {getattr(baseline, key)!r}, this run {getattr(record, key)!r}"
+    return pool_difference(baseline.lora_pool, record.lora_pool)

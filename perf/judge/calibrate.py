@@ -19,6 +19,7 @@ it was made from. No torch here: a record is all it needs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -28,22 +29,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from perf.judge.baseline_files import atomic_write_bytes, now_iso, read_records
+from perf.errors import SuiteError
+from perf.judge.baseline_files import atomic_write_bytes, folder_problem, now_iso, read_records
 from perf.judge.compare import (
     START_FACTOR,
+    START_METRICS,
     cache_state,
     compare_latency,
     compare_value,
     compare_wall_time,
     latency_threshold,
     memory_threshold,
-    nested,
     peak_memory_gib,
     warmup_seconds,
 )
+from perf.judge.record import Latency, RunRecord
 from perf.judge.tolerances import SAME_NUMERICS_IMAGE_TOLERANCE
 
-Record = dict[str, Any]
+Record = RunRecord
 SLOWDOWNS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # latency scaled by 1 + s, searched for the smallest flagged
 FACTORS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)  # compile/start wall times scaled by f
 GROWTHS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # peak memory scaled by 1 + g
@@ -77,23 +80,23 @@ def _smallest(values: Sequence[float], caught: Callable[[float], bool], unit: Ca
 
 def swap_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
     """The one-step swap checks and their controls, from each run's ``swap_check``."""
-    checked = [r["swap_check"] for r in runs if r.get("swap_check")]
+    checked = [r.swap_check for r in runs if r.swap_check]
     if not checked:
         return []
-    tolerance = max(c["tolerance"] for c in checked)
-    figures = [max(c["swap"], c["swap_back"]) for c in checked]
-    strengths = sorted(float(e) for e in checked[0]["controls"]["scale"])
-    caught = _smallest(strengths, lambda e: all(c["controls"]["scale"][str(e)] > c["tolerance"] for c in checked),
+    tolerance = max(c.tolerance for c in checked)
+    figures = [max(c.swap, c.swap_back) for c in checked]
+    strengths = sorted(float(e) for e in checked[0].controls.scale)
+    caught = _smallest(strengths, lambda e: all(c.controls.scale[str(e)] > c.tolerance for c in checked),
                        lambda e: f"strength off by {e:.0%}")
-    partial = all(c["controls"]["partial"] > c["tolerance"] for c in checked)
-    absent = all(c["controls"]["not_swapped"] > c["tolerance"] for c in checked)
+    partial = all(c.controls.partial > c.tolerance for c in checked)
+    absent = all(c.controls.not_swapped > c.tolerance for c in checked)
     controls = f"; partial swap {'caught' if partial else 'MISSED'}; no swap {'caught' if absent else 'MISSED'}"
     rows = [Calibration("swap check (one step)", recipe, len(checked), sum(f > tolerance for f in figures),
                         max(figures), tolerance, caught + controls)]
-    churned = [r["churn"] for r in runs if (r.get("churn") or {}).get("last_error") is not None]
+    churned = [r.churn for r in runs if r.churn and r.churn.last_error is not None]
     if churned:
-        last = [c["last_error"] for c in churned]
-        drift = [c["revisit_drift"] for c in churned]
+        last = [c.last_error for c in churned]
+        drift = [c.revisit_drift for c in churned]
         rows += [
             Calibration("churn: last adapter (one step)", recipe, len(churned), sum(e > tolerance for e in last),
                         max(last), tolerance, "as the swap check (same probe and tolerance)"),
@@ -106,12 +109,11 @@ def swap_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
 
 def recompile_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
     """Zero recompiles after warm-up for hot-swap recipes; the recipe compiled without hot-swap must recompile."""
-    counted = [r for r in runs if r.get("recompiles_after_warmup") is not None and (r["recipe"].get("compile")
-                                                                                  not in (None, "none"))]
+    counted = [r for r in runs if r.recompiles_after_warmup is not None and r.recipe.compiled]
     if not counted:
         return []
-    recompiles = [r["recompiles_after_warmup"] for r in counted]
-    if counted[0]["recipe"].get("hotswap", True):
+    recompiles = [r.recompiles_after_warmup for r in counted]
+    if counted[0].recipe.hotswap:
         return [Calibration("zero recompiles after swaps", recipe, len(counted), sum(n > 0 for n in recompiles),
                             max(recompiles), "0 (exact)", "a recompile (control: the recipe without hot-swap)")]
     return [Calibration("control: compile without hot-swap recompiles", recipe, len(counted),
@@ -123,20 +125,19 @@ def _pairs(runs: list[Record]) -> list[tuple[Record, Record]]:
 
 
 def _scaled_latency(record: Record, factor: float) -> Record:
-    samples = record["latency"]["samples_s"]
-    return {**record, "latency": {**record["latency"], "samples_s": [s * factor for s in samples]}}
+    latency = Latency.of([s * factor for s in record.latency.samples_s], record.latency.timer)
+    return dataclasses.replace(record, latency=latency)
 
 
 def verdict_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
     """The verdict's rules on every pair of runs (A/A), and on the pairs with the candidate made worse."""
-    pairs = [(a, b) for a, b in _pairs(runs) if a.get("latency", {}).get("samples_s") and
-             b.get("latency", {}).get("samples_s")]
+    pairs = [(a, b) for a, b in _pairs(runs) if a.latency.samples_s and b.latency.samples_s]
     if not pairs:
         return []
-    margin = latency_threshold(pairs[0][0]["profile"])
+    margin = latency_threshold(pairs[0][0].profile)
     verdicts = [compare_latency(recipe, a, b, margin).verdict for a, b in pairs]
     ratios = [max(b_med / a_med, a_med / b_med) for a, b in pairs
-              for a_med, b_med in [(_median(a), _median(b))]]
+              for a_med, b_med in [(a.latency.median, b.latency.median)]]
     slow = _smallest(SLOWDOWNS, lambda s: all(compare_latency(recipe, a, _scaled_latency(b, 1 + s), margin).verdict
                                               == "regressed" for a, b in pairs), lambda s: f"{s:.0%} slower")
     rows = [Calibration("latency verdict", recipe, len(pairs), sum(v != "ok" for v in verdicts), max(ratios),
@@ -163,18 +164,10 @@ def verdict_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
     return rows
 
 
-def _median(record: Record) -> float:
-    samples = sorted(record["latency"]["samples_s"])
-    mid = len(samples) // 2
-    return samples[mid] if len(samples) % 2 else (samples[mid - 1] + samples[mid]) / 2
-
-
 def _wall_times() -> list[tuple[str, Callable[[Record], float | None]]]:
     """Wall-time metrics the verdict gates beyond ``START_FACTOR`` (warm-up only between runs of one compile-cache
     state, as the verdict does)."""
-    return [("warmup_s", warmup_seconds),
-            *((path, lambda r, p=path: nested(r, p)) for path in ("cold_start.cold.process_to_first_image_s",
-                                                                  "cold_start.warm.process_to_first_image_s"))]
+    return [("warmup_s", warmup_seconds), *START_METRICS.items()]
 
 
 def calibrate(runs_by_recipe: dict[str, list[Record]]) -> list[Calibration]:
@@ -192,13 +185,14 @@ def collect(folders: Sequence[Path], profile: str) -> tuple[dict[str, list[Recor
     for folder in folders:
         records, _ = read_records(folder, profile)
         for name, record in records.items():
-            key = (name, record.get("date"), record.get("commit"), record.get("device"), str(record.get("latency")))
-            if record.get("outcome", "completed") != "completed" or key in seen:
+            key = (name, record.date, record.commit, record.device, record.latency)
+            if not record.completed or key in seen:
                 continue  # a run kept in two folders (results and baselines) is one run
             seen.add(key)
             runs.setdefault(name, []).append(record)
-            sources.append({"recipe": name, "folder": str(folder), **{k: record.get(k) for k in (
-                "date", "commit", "device", "emulated", "model_source", "command")}})
+            sources.append({"recipe": name, "folder": str(folder), "date": record.date, "commit": record.commit,
+                            "device": record.device, "emulated": record.emulated,
+                            "model_source": record.model_source, "command": record.command})
     return runs, sources
 
 
@@ -218,15 +212,23 @@ def markdown(rows: Sequence[Calibration], profile: str, sources: list[dict[str, 
     ])
 
 
+COMPLETE_EXITS = (0, 1)
+"""pytest exits of a run whose records count: all passed, or some tests failed (a failing check is data). An
+interrupted (2), broken (3) or refused (4) run, or one that collected nothing (5), is not an A/A run."""
+
+
 def run_suite(profile: str, runs: int, work: Path, pytest_args: Sequence[str]) -> list[Path]:
-    """``runs`` A/A repeats of the perf suite on this machine, each into its own results folder."""
+    """``runs`` A/A repeats of the perf suite on this machine, each into its own results folder. ``SuiteError`` at
+    the first run that did not complete, so no table is written from part of the runs."""
     folders = []
     for i in range(runs):
         folder = work / f"run{i + 1}"
         command = [sys.executable, "-m", "pytest", "tests/perf", "-m", profile, "--profile", profile,
                    "--results-dir", str(folder), "-p", "no:cacheprovider", *pytest_args]
         print(f"calibration run {i + 1}/{runs}: {' '.join(command)}", flush=True)
-        subprocess.run(command, check=False)
+        status = subprocess.run(command, check=False).returncode
+        if status not in COMPLETE_EXITS:
+            raise SuiteError(f"calibration run {i + 1}/{runs} ended with pytest exit {status}, not a complete run")
         folders.append(folder)
     return folders
 
@@ -250,7 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     pytest_args = [a for a in pytest_args if a != "--"]
     if args.runs < 0:
         parser.error("--runs must be 0 or more")
-    folders = [args.baselines_dir, *args.sources, *run_suite(args.profile, args.runs, args.work, pytest_args)]
+    problems = [folder_problem(folder / args.profile, name) for folder, name in (
+        (args.baselines_dir, "--baselines-dir"), *((source, "--from") for source in args.sources))]
+    if any(problems):  # a folder that holds nothing would shrink the table it overwrites
+        print(f"error: {next(p for p in problems if p)}; nothing written", file=sys.stderr)
+        return 2
+    try:
+        folders = [args.baselines_dir, *args.sources, *run_suite(args.profile, args.runs, args.work, pytest_args)]
+    except (SuiteError, KeyboardInterrupt) as exc:
+        print(f"error: {exc or 'interrupted during the A/A runs'}; nothing written", file=sys.stderr)
+        return 2
     runs, sources = collect(folders, args.profile)
     if not runs:
         print(f"error: no {args.profile} records in {', '.join(map(str, folders))}", file=sys.stderr)

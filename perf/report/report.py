@@ -18,24 +18,23 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from perf.judge.baseline_files import COMPLETED, read_records
+from perf.judge.baseline_files import atomic_write_bytes, folder_problem, read_records
 from perf.judge.compare import (
     HEADER,
     Verdict,
     any_regression,
     compare_folders,
-    latency_median,
-    latency_samples,
     peak_memory_gib,
     verdict_rows,
     warmup_seconds,
 )
+from perf.judge.record import RunRecord
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
               "peak memory / budget", "recompiles", "model source", "device", "emulated", "attention kernel")
 
-Records = dict[str, dict[str, Any]]
+Records = dict[str, RunRecord]
 
 
 def baseline_recipe(records: Records) -> str | None:
@@ -46,8 +45,8 @@ def baseline_recipe(records: Records) -> str | None:
 def speedup(records: Records, recipe: str) -> float | None:
     """Baseline median over this recipe's median (2.0: twice as fast); None without a baseline row."""
     reference = baseline_recipe(records)
-    base = latency_median(records[reference]) if reference else None
-    mine = latency_median(records[recipe])
+    base = records[reference].latency.median if reference else None
+    mine = records[recipe].latency.median
     return base / mine if base and mine else None
 
 
@@ -55,23 +54,29 @@ def _value(value: float | None, spec: str = ".3f", unit: str = "") -> str:
     return "-" if value is None else format(value, spec) + unit
 
 
-def memory_cell(record: dict[str, Any]) -> str:
-    peak, budget = peak_memory_gib(record), record.get("memory_budget_gib")
+def memory_cell(record: RunRecord) -> str:
+    peak, budget = record.peak_memory, record.memory_budget_gib
     if peak is None:
         return "-"
     if budget:
-        return f"{peak:.2f} / {budget:g} GiB ({peak / budget:.0%})"
-    return f"{peak:.2f} GiB ({(record.get('peak_memory') or {}).get('kind', '?')}, no budget)"
+        return f"{peak.reserved_gib:.2f} / {budget:g} GiB ({peak.reserved_gib / budget:.0%})"
+    return f"{peak.reserved_gib:.2f} GiB ({peak.kind}, no budget)"
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def kernel(record: RunRecord) -> str:
+    return record.attention.kernel if record.attention else "-"
 
 
 def run_rows(records: Records) -> list[tuple[str, ...]]:
     return [
-        (recipe, _value(latency_median(record)) if record.get("outcome", COMPLETED) == COMPLETED
-         else record["outcome"].replace("_", " "), _value(speedup(records, recipe), ".2f", "x"),
-         _value(warmup_seconds(record), ".1f"), memory_cell(record),
-         str(record.get("recompiles_after_warmup", "-")), str(record.get("model_source", "-")),
-         str(record.get("device", "-")), "yes" if record.get("emulated") else "no",
-         str((record.get("attention") or {}).get("kernel", "-")))
+        (recipe, _value(record.latency.median) if record.completed else record.outcome.replace("_", " "),
+         _value(speedup(records, recipe), ".2f", "x"), _value(warmup_seconds(record), ".1f"), memory_cell(record),
+         _text(record.recompiles_after_warmup), record.model_source, record.device,
+         "yes" if record.emulated else "no", kernel(record))
         for recipe, record in records.items()
     ]
 
@@ -80,23 +85,18 @@ SEED_HEADER = ("recipe", "ours (s)", "ours vs our baseline", "seed (s)", "seed v
                "compile + warm-up (s)")
 
 
-def seed_seconds(record: dict[str, Any]) -> float | None:
-    """The seed's published s/image for the record's row, as the record's recipe carries it (no torch needed)."""
-    return (record.get("recipe") or {}).get("seed_seconds")
-
-
 def seed_rows(records: Records) -> list[tuple[str, ...]]:
     """Our rows beside the seed's published figures. Absolute times are not comparable (other GPU clocks,
     real vs synthetic weights, another torch); each speedup is relative to its own baseline."""
     reference = baseline_recipe(records)
-    seed_base = seed_seconds(records[reference]) if reference else None
+    seed_base = records[reference].recipe.seed_seconds if reference else None
     rows = []
     for recipe, record in records.items():
-        seed = seed_seconds(record)
+        seed = record.recipe.seed_seconds
         if seed is None:
             continue
         rows.append((
-            recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"), f"{seed:.3f}",
+            recipe, _value(record.latency.median), _value(speedup(records, recipe), ".2f", "x"), f"{seed:.3f}",
             _value(seed_base / seed if seed_base else None, ".2f", "x"), _value(warmup_seconds(record), ".0f"),
         ))
     return rows
@@ -121,11 +121,11 @@ def _bar_figure(labels: list[str], values: list[float], xlabel: str, title: str)
 
 def plot_latency(records: Records, path: Path) -> None:
     """Medians as bars with every raw sample as a dot: the spread the verdict's interval comes from."""
-    timed = {recipe: record for recipe, record in records.items() if latency_samples(record)}
-    fig, ax = _bar_figure(list(timed), [latency_median(r) for r in timed.values()], "seconds per generation",
+    timed = {recipe: record for recipe, record in records.items() if record.latency.samples_s}
+    fig, ax = _bar_figure(list(timed), [r.latency.median for r in timed.values()], "seconds per generation",
                           "Latency (median bar, raw samples as dots)")
     for row, record in enumerate(timed.values()):
-        samples = latency_samples(record)
+        samples = record.latency.samples_s
         ax.plot(samples, [row] * len(samples), "k.", markersize=4)
     fig.savefig(path, dpi=100)
 
@@ -144,20 +144,20 @@ def plot_memory(records: Records, path: Path) -> None:
     peaks = {recipe: peak_memory_gib(record) for recipe, record in records.items()}
     peaks = {recipe: value for recipe, value in peaks.items() if value is not None}
     fig, ax = _bar_figure(list(peaks), list(peaks.values()), "GiB", "Peak memory vs budget")
-    for budget in sorted({r["memory_budget_gib"] for r in records.values() if r.get("memory_budget_gib")}):
+    for budget in sorted({r.memory_budget_gib for r in records.values() if r.memory_budget_gib}):
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g} GiB")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     fig.savefig(path, dpi=100)
 
 
-def plot_history(records: Records, history: list[dict[str, Any]], path: Path) -> None:
+def plot_history(records: Records, history: list[RunRecord], path: Path) -> None:
     """Median latency of each recipe over the dates of the stored runs, this run last."""
     series: dict[str, list[tuple[datetime, float]]] = {}
     for record in [*history, *records.values()]:
-        median = latency_median(record)
-        if median is not None and record.get("date"):
-            series.setdefault(record["recipe"]["name"], []).append((datetime.fromisoformat(record["date"]), median))
+        median = record.latency.median
+        if median is not None:
+            series.setdefault(record.name, []).append((datetime.fromisoformat(record.date), median))
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for recipe, points in sorted(series.items()):
@@ -177,11 +177,10 @@ README_HEADER = ("recipe", "median (s)", "vs baseline row", "attention kernel", 
 def readme_table(records: Records) -> str:
     """The README's results table: one line a completed recipe, from the stored records alone."""
     rows = [
-        (recipe, _value(latency_median(record)), _value(speedup(records, recipe), ".2f", "x"),
-         str((record.get("attention") or {}).get("kernel", "-")).split(" (fastest")[0],
-         _value(peak_memory_gib(record), ".1f"), str(record.get("recompiles_after_warmup", "-")),
-         str(record.get("commit", "-")), str(record.get("date", "-"))[:10])
-        for recipe, record in records.items() if record.get("outcome", COMPLETED) == COMPLETED
+        (recipe, _value(record.latency.median), _value(speedup(records, recipe), ".2f", "x"),
+         kernel(record).split(" (fastest")[0], _value(peak_memory_gib(record), ".1f"),
+         _text(record.recompiles_after_warmup), _text(record.commit), record.date[:10])
+        for recipe, record in records.items() if record.completed
     ]
     return markdown_table(README_HEADER, rows)
 
@@ -197,17 +196,16 @@ def replace_block(text: str, name: str, content: str) -> str:
 
 def record_sources(records: Records) -> list[tuple[str, ...]]:
     """Where each record came from: the run's date, commit, device and command."""
-    return [(recipe, str(r.get("date", "-")), str(r.get("commit", "-")),
-             f"{r.get('device', '-')}{' (emulated)' if r.get('emulated') else ''}", str(r.get("command", "-"))[-120:])
+    return [(recipe, r.date, _text(r.commit), f"{r.device}{' (emulated)' if r.emulated else ''}", r.command[-120:])
             for recipe, r in records.items()]
 
 
 def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | None = None,
-                 history: list[dict[str, Any]] | None = None) -> Path:
+                 history: list[RunRecord] | None = None) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; returns the report's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    profiles = ", ".join(sorted({str(r.get("profile")) for r in records.values()}))
+    profiles = ", ".join(sorted({r.profile for r in records.values()}))
     sections = [f"# flux-lora-perf: {profiles}", markdown_table(RUN_HEADER, run_rows(records))]
     beside_seed = seed_rows(records)
     if beside_seed:
@@ -229,7 +227,7 @@ def write_report(records: Records, out_dir: Path, verdicts: Sequence[Verdict] | 
     tables = "\n\n".join(sections) + "\n"
     images = "\n\n".join(f"![{name}]({name}.png)" for name in plots)
     path = out / "report.md"
-    path.write_text(f"{tables}\n## Plots\n\n{images}\n")
+    atomic_write_bytes(path, f"{tables}\n## Plots\n\n{images}\n".encode())
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
@@ -258,6 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of a report, rewrite FILE's block <!-- results:<profile>:start/end --> with "
                         "the results table of RECORDS_DIR (e.g. baselines/h100 into README.md)")
     args = parser.parse_args(argv)
+    inputs = [(args.records_dir, "RECORDS_DIR"), *([(args.baselines, "--baselines")] if args.baselines else [])]
+    problem = next(filter(None, (folder_problem(path, name) for path, name in inputs)), None)
+    if args.readme and not args.readme.is_file():
+        problem = problem or f"--readme {args.readme}: no such file"
+    if problem:
+        print(f"error: {problem}; nothing written", file=sys.stderr)
+        return 2
     profile = args.records_dir.name
     verdicts = None
     if args.baselines:
@@ -272,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
     if args.readme:
-        args.readme.write_text(replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records)))
+        text = replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records))
+        atomic_write_bytes(args.readme, text.encode())
         print(f"{args.readme}: results:{profile} table rewritten from {args.records_dir}")
     else:
         print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))

@@ -1,13 +1,16 @@
 """One recipe's run on one profile, from build to record: what every perf test of that recipe reads.
 
-The expensive part (build, compile, swaps, the swap checks' controls) runs once per recipe; tests assert on the
-result. Fresh eager pipelines with the adapters the checks need are run *before* the recipe's pipeline is built,
+The expensive part (build, compile, swaps, the swap checks' controls) runs once per recipe; the rest (timed
+generations, image quality, churn) is measured here on demand; tests assert on the results. Fresh eager pipelines
+with the adapters the checks need are run *before* the recipe's pipeline is built,
 so two full-size pipelines are never in GPU memory at once: each leaves its image and its first denoising step
 (``perf.run.swap_probe.StepReference``) behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,15 +22,26 @@ import torch
 from perf.build import compile_settings
 from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import CompileBudgetExceeded, SuiteError
-from perf.judge.baseline_files import OUT_OF_MEMORY, OVER_COMPILE_BUDGET, write_record
+from perf.judge.baseline_files import write_record
+from perf.judge.record import (
+    OUT_OF_MEMORY,
+    OVER_COMPILE_BUDGET,
+    CheckOutcome,
+    Latency,
+    Quality,
+    RunRecord,
+    SwapCheck,
+)
 from perf.judge.tolerances import EFFECT_TOLERANCE
 from perf.run.checks import image_diff
 from perf.run.churn import ChurnResult, run_churn
 from perf.run.cold_start import ColdStart
-from perf.run.measure import free_memory, in_use_gib, read_peak, reset_peak
-from perf.run.recording import failure_record, latency_summary, make_record
+from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, reset_peak, synchronize, time_rounds
+from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
+from perf.run.recording import failure_record, make_record
 from perf.run.scenario import ScenarioResult, run_scenario
 from perf.run.swap_probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
+from perf.run.watchers import RecompileWatcher
 from perf.spec.loras import LoraAdapter
 from perf.spec.recipes import Recipe
 from perf.spec.run_spec import RunSpec
@@ -37,26 +51,56 @@ class CaseFailed(SuiteError):
     """A recipe's run failed in a way its tests should report (out of memory, over its compile budget), with
     the figures and the record to keep (its ``outcome`` says which)."""
 
-    def __init__(self, message: str, record: dict):
+    def __init__(self, message: str, record: RunRecord):
         super().__init__(message)
         self.record = record
 
 
+@dataclass(frozen=True)
+class WrongAdapterCheck:
+    """The quality gate's negative control: the image of ``wrong`` judged as ``right`` (it must fail)."""
+
+    right: str
+    wrong: str
+    reference: Path  # the stored thumbnail of ``right``
+    result: QualityResult
+
+
 @dataclass
 class Case:
+    """One recipe's built pipeline and everything measured on it. The measurements that need a test's fixture
+    (pytest-benchmark's timer) or run on demand (quality, churn) are methods here, so tests only assert; the
+    record is assembled from them whenever it is read (``record``)."""
+
     built: BuiltPipeline
     scenario: ScenarioResult
-    record: dict
+    measured: RunRecord  # identity, build, scenario and swap checks: what ``open_case`` measured
     fresh_images: dict[str, np.ndarray] = field(default_factory=dict)  # adapter -> fresh eager pipeline image
     references: dict[str, StepReference] = field(default_factory=dict)  # adapter -> fresh eager pipeline's step
     controls: ControlResult | None = None  # the swap check under injected defects (hot-swap recipes)
     churn_result: ChurnResult | None = None
-    cold_start: ColdStart | str | None = None  # measured cold/warm start, why it failed, or None: not measured
+    # the cold/warm start measured before this case was built, why it failed, or None: not measured; its summary in
+    # the record gives each start's compile part: its first generation less a steady one of the scenario
+    cold_start: ColdStart | str | None = None
     settings_before: compile_settings.CompileSettings | None = None  # restored on release
+    latency: Latency = field(default_factory=lambda: Latency.of([]))
+    quality: Quality | None = None
+    checks: dict[str, CheckOutcome] = field(default_factory=dict)  # test name -> pytest's outcome
 
     @property
     def recipe(self) -> Recipe:
         return self.built.recipe
+
+    @property
+    def record(self) -> RunRecord:
+        """The record of everything measured so far, with the checks' outcomes (a new frozen record each time)."""
+        cold_start = self.cold_start if isinstance(self.cold_start, ColdStart) else None
+        steady = statistics.median(step.generate_seconds for step in self.scenario.steps) if cold_start else 0.0
+        return dataclasses.replace(
+            self.measured, latency=self.latency, quality=self.quality, checks=dict(self.checks),
+            churn=self.churn_result.summary() if self.churn_result else None,
+            cold_start=cold_start.summary(steady) if cold_start else None,
+        )
 
     @property
     def swap_reference(self) -> StepReference:
@@ -78,45 +122,90 @@ class Case:
         after = self.scenario.steps_out[self.built.first.name]
         return float((after - self.scenario.warmup_step).norm()) / self.controls.reference.effect
 
-    def swap_check_summary(self) -> dict:
+    def swap_check_summary(self) -> SwapCheck:
         """The swap checks' figures for the record: errors, tolerance, and the controls they must catch."""
-        return {
-            "unit": "fraction of the adapter's effect on one denoising step (perf.run.swap_probe)",
-            "tolerance": self.effect_tolerance,
-            "reference": self.swap_reference.adapter,
-            "effect_norm": self.controls.reference.effect,
-            "swap": self.swap_error,
-            "swap_back": self.swap_back_error,
-            "image_vs_fresh_eager": image_diff(self.scenario.images[self.swap_reference.adapter],
-                                               self.fresh_images[self.swap_reference.adapter]).mean_abs,
-            "probe_recompiles": self.scenario.probe_recompiles,
-            "controls": self.controls.to_dict(),
-        }
+        return SwapCheck(
+            unit="fraction of the adapter's effect on one denoising step (perf.run.swap_probe)",
+            tolerance=self.effect_tolerance,
+            reference=self.swap_reference.adapter,
+            effect_norm=self.controls.reference.effect,
+            swap=self.swap_error,
+            swap_back=self.swap_back_error,
+            image_vs_fresh_eager=image_diff(self.scenario.images[self.swap_reference.adapter],
+                                            self.fresh_images[self.swap_reference.adapter]).mean_abs,
+            probe_recompiles=self.scenario.probe_recompiles,
+            controls=self.controls.summary(),
+        )
+
+    @property
+    def images(self) -> dict[str, np.ndarray]:
+        """Each adapter's last image (the first adapter's warm-up image when the scenario never swapped back)."""
+        return {self.built.first.name: self.scenario.warmup_image, **self.scenario.images}
 
     def churn(self, sequence: list[LoraAdapter], progress: Callable[[str], None] = print) -> ChurnResult:
-        """The churn over ``sequence`` (once per case), its summary kept in the record."""
+        """The churn over ``sequence`` (once per case)."""
         if self.churn_result is None:
             self.churn_result = run_churn(self.built, sequence, progress, self.references.get(sequence[-1].name))
-            self.record["churn"] = self.churn_result.summary()
         return self.churn_result
 
-    def add_latency(self, samples: list[float], timer: str) -> None:
-        self.record["latency"] = {**latency_summary(samples), "timer": timer}
+    def time_generations(self, benchmark, rounds: int) -> RecompileWatcher:
+        """Time ``rounds`` full pipeline calls after warm-up with pytest-benchmark's fixture as the timer
+        (``benchmark.pedantic``), or, where it is off (it turns itself off under pytest-xdist), the suite's own
+        timer over the same rounds. Hot-swap recipes swap to the next adapter before every timed round
+        (untimed), so the timing also proves a swap costs no recompile; others keep their adapter. Returns what
+        compiled (and which CUDA graphs were recorded) while timing."""
+        built = self.built
+        device = built.device_type
+        rotation = itertools.cycle(built.spec.pool.adapters)
 
-    def add_cold_start(self, cold_start: ColdStart | str | None) -> None:
-        """The cold/warm start measured before this case was built (or why it failed), and its summary in the
-        record: each start's compile part is its first generation less a steady one of the scenario."""
-        self.cold_start = cold_start
-        if isinstance(cold_start, ColdStart):
-            steady = statistics.median(step.generate_seconds for step in self.scenario.steps)
-            self.record["cold_start"] = cold_start.summary(steady)
+        def next_adapter() -> None:
+            built.load_adapter(next(rotation))
+            synchronize(device)
+
+        active, measured = built.spec.active, self.measured
+        benchmark.extra_info.update(
+            recipe=self.recipe.name, profile=active.name, emulated=active.emulated, device=active.device.name,
+            model_source=built.spec.source.label, attention=built.attention.kernel,
+            compile_warmup_s=self.scenario.warmup_seconds, versions=measured.versions,
+            peak_memory=dataclasses.asdict(measured.peak_memory),
+        )
+        setup = next_adapter if self.recipe.hotswap else None
+        generate, cpu_seconds = cpu_timed(built.generate)  # CPU seconds beside the wall time (cpu profile)
+        with RecompileWatcher() as watcher:
+            if benchmark.disabled:
+                self.latency = Latency.of(time_rounds(generate, setup, rounds, device), "suite", cpu_seconds)
+            else:
+                benchmark.pedantic(generate, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+                self.latency = Latency.of(list(benchmark.stats.stats.data), "pytest-benchmark", cpu_seconds)
+        return watcher
+
+    def assess_quality(self, scorer: ClipScorer, stored: RunRecord | None, stored_dir: Path,
+                       baseline_row_dir: Path | None) -> dict[str, QualityResult]:
+        """Each adapter's image against the stored record's thumbnails and CLIP scores and this run's baseline
+        row (``perf.run.quality.assess_images``); the summary goes into the record."""
+        prompts = {a.name: a.prompt for a in self.built.spec.pool.adapters}
+        results = assess_images(self.images, prompts, self.recipe, scorer, stored, stored_dir, baseline_row_dir)
+        self.quality = summarize(results)
+        return results
+
+    def wrong_adapter_quality(self, scorer: ClipScorer, stored: RunRecord,
+                              stored_dir: Path) -> WrongAdapterCheck | None:
+        """An image made with the wrong adapter (what a broken hot-swap produces) judged against the stored
+        reference of the adapter that should have been active; None when fewer than two references are stored."""
+        images = self.images
+        names = [name for name in images if name in stored.images]
+        if len(names) < 2:
+            return None
+        right, wrong = names[0], names[1]
+        reference = stored_dir / stored.images[right]
+        prompt = next(a.prompt for a in self.built.spec.pool.adapters if a.name == right)
+        result = check_quality(images[wrong], prompt, reference, None, None, scorer, tolerance_for(self.recipe))
+        return WrongAdapterCheck(right, wrong, reference, result)
 
     def save(self, results_dir: Path, baselines_dir: Path | None, overwrite_foreign: bool) -> None:
-        """Kept as ``keep_record`` keeps any record. Each adapter's image is its last one (the first adapter's
-        warm-up image when the scenario never swapped back to it)."""
-        warmup = self.scenario.warmup_image
-        images = {self.built.first.name: warmup, **self.scenario.images, "warmup": warmup}
-        keep_record(self.record, images, results_dir, baselines_dir, overwrite_foreign)
+        """Kept as ``keep_record`` keeps any record, with each adapter's image and the warm-up image."""
+        keep_record(self.record, {**self.images, "warmup": self.scenario.warmup_image}, results_dir, baselines_dir,
+                    overwrite_foreign)
 
     def release(self) -> None:
         """Drop the pipeline and compiled graphs, and undo the process-wide compile settings its build changed,
@@ -128,7 +217,7 @@ class Case:
         free_memory("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def keep_record(record: dict, images: dict[str, np.ndarray], results_dir: Path, baselines_dir: Path | None,
+def keep_record(record: RunRecord, images: dict[str, np.ndarray], results_dir: Path, baselines_dir: Path | None,
                 overwrite_foreign: bool) -> None:
     """A record goes to the run's results always, and to the baselines when asked."""
     write_record(results_dir, record, images, overwrite_foreign=True)
@@ -177,11 +266,10 @@ def open_case(
         probe = steps[swapped_to.name].inputs if swapped_to.name in steps else None
         scenario = run_scenario(built, progress, probe)
         controls = run_controls(built, steps[swapped_to.name], swapped_to) if probe is not None else None
-        record = make_record(built, scenario)
-        record["memory_at_start_gib"] = start_gib
-        case = Case(built, scenario, record, fresh, steps, controls, settings_before=settings_before)
+        case = Case(built, scenario, make_record(built, scenario, start_gib, None), fresh, steps, controls,
+                    settings_before=settings_before)
         if controls is not None:
-            record["swap_check"] = case.swap_check_summary()
+            case.measured = dataclasses.replace(case.measured, swap_check=case.swap_check_summary())
         return case
     except torch.OutOfMemoryError as exc:
         outcome, peak = OUT_OF_MEMORY, read_peak(device)

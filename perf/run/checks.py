@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perf.run.measure import PeakMemory
+from perf.judge.record import PeakMemory
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from perf.build.builder import BuiltPipeline
+from perf.judge.record import ChurnStep, ChurnSummary
 from perf.run.checks import image_diff
 from perf.run.measure import timed
 from perf.run.swap_probe import StepReference, same_numerics_reference, step_output
@@ -50,15 +51,6 @@ def churn_sequence(pool: LoraPool, swaps: int = CHURN_SWAPS) -> list[LoraAdapter
     return [adapters[(i + 1 - swaps) % len(adapters)] for i in range(swaps)]
 
 
-@dataclass(frozen=True)
-class ChurnStep:
-    adapter: str
-    rank: int
-    load_seconds: float
-    generate_seconds: float
-    recompiles: int
-
-
 @dataclass
 class ChurnResult:
     steps: list[ChurnStep]
@@ -75,22 +67,22 @@ class ChurnResult:
     def recompiles(self) -> int:
         return sum(step.recompiles for step in self.steps)
 
-    def summary(self) -> dict:
+    def summary(self) -> ChurnSummary:
         loads = [s.load_seconds for s in self.steps]
         generations = [s.generate_seconds for s in self.steps]
-        return {
-            "swaps": len(self.steps),
-            "adapters": len({s.adapter for s in self.steps}),
-            "ranks": sorted({s.rank for s in self.steps}),
-            "recompiles": self.recompiles,
-            "swap_median_s": statistics.median(loads),
-            "swap_p95_s": float(np.percentile(loads, 95)),
-            "generate_median_s": statistics.median(generations),
-            "images_per_minute": 60 * len(self.steps) / (sum(loads) + sum(generations)),
-            "revisit_drift": self.revisit_drift,
-            "last_error": self.last_error,
-            "steps": [asdict(s) for s in self.steps],
-        }
+        return ChurnSummary(
+            swaps=len(self.steps),
+            adapters=len({s.adapter for s in self.steps}),
+            ranks=tuple(sorted({s.rank for s in self.steps})),
+            recompiles=self.recompiles,
+            swap_median_s=statistics.median(loads),
+            swap_p95_s=float(np.percentile(loads, 95)),
+            generate_median_s=statistics.median(generations),
+            images_per_minute=60 * len(self.steps) / (sum(loads) + sum(generations)),
+            revisit_drift=self.revisit_drift,
+            steps=tuple(self.steps),
+            last_error=self.last_error,
+        )
 
 
 def run_churn(built: BuiltPipeline, sequence: list[LoraAdapter], progress=print,

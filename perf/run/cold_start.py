@@ -18,28 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from perf.errors import SuiteError
+from perf.judge.record import ColdStartSummary, RecordedStart, StartRun
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTS = ("cold", "warm")
-
-
-@dataclass(frozen=True)
-class StartRun:
-    process_to_first_image_s: float  # process start (interpreter included) -> first image done
-    imports_s: float  # process start -> torch and the suite imported
-    setup_s: float  # profile resolved, model source and LoRA pool ready (synthetic files made once per cache)
-    build_s: float  # pipeline built with the recipe applied (load, quantize, LoRA, compile wrapper)
-    first_image_s: float  # the first generation: compilation (or loading compiled code) + one image
-    graphs: int  # graphs dynamo compiled during the first generation
-    cache: dict[str, int]  # compile-cache hits and misses during the first generation
-
-    @property
-    def compiled_anew(self) -> int:
-        return self.cache.get("fxgraph_cache_miss", 0)
-
-    @property
-    def loaded_from_cache(self) -> int:
-        return self.cache.get("fxgraph_cache_hit", 0)
 
 
 @dataclass
@@ -55,15 +37,14 @@ class ColdStart:
 
         return image_diff(self.images["warm"], self.images["cold"]).mean_abs
 
-    def summary(self, steady_generation_s: float) -> dict:
+    def summary(self, steady_generation_s: float) -> ColdStartSummary:
         """Both starts with their compile part (first generation minus a steady one) and the warm saving."""
-        return {
-            start: {**asdict(run), "compile_s": run.first_image_s - steady_generation_s}
-            for start, run in (("cold", self.cold), ("warm", self.warm))
-        } | {
-            "steady_generation_s": steady_generation_s,
-            "warm_saving_s": self.cold.process_to_first_image_s - self.warm.process_to_first_image_s,
-        }
+
+        def recorded(run: StartRun) -> RecordedStart:
+            return RecordedStart(**asdict(run), compile_s=run.first_image_s - steady_generation_s)
+
+        return ColdStartSummary(recorded(self.cold), recorded(self.warm), steady_generation_s,
+                                self.cold.process_to_first_image_s - self.warm.process_to_first_image_s)
 
 
 def _command(recipe: str, profile: str, options: dict, image: Path) -> list[str]:

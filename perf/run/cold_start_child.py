@@ -18,6 +18,7 @@ from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from perf.spec.run_spec import add_run_options  # noqa: E402
+from perf.spec.validate import positive_seconds  # noqa: E402
 
 
 def _process_age_s() -> float:
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recipe", required=True, help="recipe name (perf/spec/recipes.py)")
     parser.add_argument("--profile", default=None, help="hardware profile (default: detected; smaller = emulated)")
     add_run_options(parser.add_argument)
-    parser.add_argument("--compile-budget", type=float, default=None,
+    parser.add_argument("--compile-budget", type=positive_seconds, default=None,
                         help="seconds the first generation may take (default: the profile's)")
     parser.add_argument("--image", type=Path, required=True, help="where to save the image (.npy)")
     args = parser.parse_args(argv)

@@ -22,9 +22,11 @@ import torch
 
 from perf.errors import SuiteError
 from perf.judge.baseline_files import thumbnail, to_uint8
+from perf.judge.record import AdapterQuality, Quality, RunRecord
 from perf.spec.cache import build_once
 from perf.spec.models import synthetic_tokenizers
 from perf.spec.recipes import Recipe
+from perf.spec.validate import names_a_folder
 
 if TYPE_CHECKING:
     from torchmetrics.multimodal import CLIPScore
@@ -131,7 +133,7 @@ def load_clip_scorer(spec: str | None, cache: Path) -> ClipScorer:
     from torchmetrics.multimodal import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
-    is_folder = spec is not None and (spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists())
+    is_folder = spec is not None and names_a_folder(spec)
     where = synthetic_clip_folder(cache) if spec is None else Path(spec).expanduser() if is_folder else spec
     try:
         with _hub_offline():
@@ -231,11 +233,10 @@ class QualityResult:
     def passed(self) -> bool:
         return not self.failures
 
-    def as_record(self) -> dict[str, float | str]:
-        """The figures under the names ``perf.judge.compare`` reads, without those not measured."""
-        figures = {"clip": self.clip, "clip_score": self.clip_score, "psnr_vs_reference": self.psnr_vs_reference,
-                   "ssim_vs_reference": self.ssim_vs_reference, "psnr_vs_baseline_row": self.psnr_vs_baseline_row}
-        return {name: value for name, value in figures.items() if value is not None}
+    def as_record(self) -> AdapterQuality:
+        """The figures as the record keeps them (None: not measured)."""
+        return AdapterQuality(self.clip, self.clip_score, self.psnr_vs_reference, self.ssim_vs_reference,
+                              self.psnr_vs_baseline_row)
 
 
 def check_quality(
@@ -295,20 +296,20 @@ def assess_images(
     prompts: dict[str, str],
     recipe: Recipe,
     scorer: ClipScorer,
-    stored: dict | None,
+    stored: RunRecord | None,
     stored_dir: Path,
     baseline_row_dir: Path | None,
 ) -> dict[str, QualityResult]:
     """``check_quality`` for each adapter's image against the stored record of the same (profile, recipe)
     (its thumbnails and CLIP scores, when recorded with the same CLIP) and this run's baseline row."""
     tolerance = tolerance_for(recipe)
-    stored_images = (stored or {}).get("images", {})
-    stored_quality = (stored or {}).get("quality", {})
-    same_clip = stored_quality.get("clip") == scorer.label
+    stored_images = stored.images if stored else {}
+    stored_quality = stored.quality if stored and stored.quality and stored.quality.clip == scorer.label else None
     results = {}
     for adapter, image in images.items():
         reference = stored_dir / stored_images[adapter] if adapter in stored_images else None
-        baseline_clip = stored_quality.get("per_adapter", {}).get(adapter, {}).get("clip_score") if same_clip else None
+        stored_adapter = stored_quality.per_adapter.get(adapter) if stored_quality else None
+        baseline_clip = stored_adapter.clip_score if stored_adapter else None
         row = baseline_row_dir / f"baseline.{adapter}.png" if baseline_row_dir else None
         results[adapter] = check_quality(
             image, prompts[adapter], reference if reference and reference.is_file() else None,
@@ -317,20 +318,18 @@ def assess_images(
     return results
 
 
-def summarize(results: dict[str, QualityResult]) -> dict:
-    """One record entry: the mean CLIP score and the worst fidelity over adapters, and each adapter's figures."""
-    figures = [r.as_record() for r in results.values()]
+def summarize(results: dict[str, QualityResult]) -> Quality:
+    """The record's section: the mean CLIP score and the worst fidelity over adapters, and each adapter's figures."""
 
-    def worst(name: str) -> float | None:
-        values = [f[name] for f in figures if name in f]
-        return min(values) if values else None
+    def worst(values: list[float | None]) -> float | None:
+        measured = [v for v in values if v is not None]
+        return min(measured) if measured else None
 
-    summary = {
-        "clip": next(iter(results.values())).clip,
-        "clip_score": float(np.mean([r.clip_score for r in results.values()])),
-        "psnr_vs_reference": worst("psnr_vs_reference"),
-        "ssim_vs_reference": worst("ssim_vs_reference"),
-        "psnr_vs_baseline_row": worst("psnr_vs_baseline_row"),
-        "per_adapter": {adapter: r.as_record() for adapter, r in results.items()},
-    }
-    return {k: v for k, v in summary.items() if v is not None}
+    rows = list(results.values())
+    return Quality(
+        clip=rows[0].clip, clip_score=float(np.mean([r.clip_score for r in rows])),
+        psnr_vs_reference=worst([r.psnr_vs_reference for r in rows]),
+        ssim_vs_reference=worst([r.ssim_vs_reference for r in rows]),
+        psnr_vs_baseline_row=worst([r.psnr_vs_baseline_row for r in rows]),
+        per_adapter={adapter: r.as_record() for adapter, r in results.items()},
+    )

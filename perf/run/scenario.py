@@ -11,21 +11,12 @@ import numpy as np
 import torch
 
 from perf.build.builder import BuiltPipeline
+from perf.judge.record import PeakMemory, SwapStep
 from perf.run.compile_timeout import compile_budget
-from perf.run.measure import PeakMemory, read_peak, reset_peak, timed
+from perf.run.measure import read_peak, reset_peak, timed
 from perf.run.swap_probe import StepInputs, step_output
 from perf.run.watchers import RecompileWatcher
 from perf.spec.loras import LoraAdapter
-
-
-@dataclass(frozen=True)
-class SwapStep:
-    adapter: str
-    rank: int
-    load_seconds: float  # hot-swap (or unload + load) time
-    generate_seconds: float  # first generation after the swap
-    recompiles: int  # graphs compiled during the load and that generation
-    cudagraphs_recorded: int  # CUDA graphs recorded during the load and that generation (0 once warm)
 
 
 @dataclass

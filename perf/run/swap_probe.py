@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from perf.judge.record import SwapControls
 from perf.run.watchers import RecompileWatcher
 
 SCALE_ERRORS = (0.01, 0.03, 0.1)  # the strength errors each run measures (the adapter's effect scaled by 1 - e)
@@ -230,10 +231,10 @@ class ControlResult:
         return {"strength off by 10%": self.scale[0.1], f"swap reached only {PARTIAL_MODULE}": self.partial,
                 "old adapter stayed": self.not_swapped}
 
-    def to_dict(self) -> dict:
-        return {"correct": self.correct, "eager_error": self.eager_error,
-                "scale": {str(k): v for k, v in self.scale.items()}, "partial": self.partial,
-                "not_swapped": self.not_swapped, "recompiles": self.recompiles}
+    def summary(self) -> SwapControls:
+        """The figures as the record keeps them."""
+        return SwapControls(self.correct, self.eager_error, {str(k): v for k, v in self.scale.items()}, self.partial,
+                            self.not_swapped, self.recompiles)
 
 
 def run_controls(built, reference: StepReference, target) -> ControlResult:

@@ -14,10 +14,16 @@ from filelock import FileLock
 ENV_VAR = "FLUX_LORA_PERF_CACHE"
 
 
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``override``, else ``$FLUX_LORA_PERF_CACHE``, else ``~/.cache/flux-lora-perf``."""
+def cache_root(override: str | os.PathLike | None = None) -> Path:
+    """The cache root, not created: ``override``, else ``$FLUX_LORA_PERF_CACHE``, else ``~/.cache/flux-lora-perf``
+    (``perf.spec.validate`` checks it before anything is written there)."""
     root = override or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "flux-lora-perf"
-    path = Path(root).expanduser().resolve()
+    return Path(root).expanduser().resolve()
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """``cache_root``, created if it is missing."""
+    path = cache_root(override)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

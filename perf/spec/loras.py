@@ -130,16 +130,17 @@ class FormatFinding:
     format: str
     families: tuple[str, ...]
     problem: str
-    versions: str
+    versions: dict[str, str]  # library -> version it was measured on
 
-    def describe(self) -> str:
-        return f"{self.format} keys for {', '.join(self.families)}: {self.problem} ({self.versions})"
+    @property
+    def subject(self) -> str:
+        return f"{self.format} keys for {', '.join(self.families)}"
 
 
-def _versions() -> str:
+def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return ", ".join(f"{name} {version(name)}" for name in ("diffusers", "peft", "torch"))
+    return {name: version(name) for name in ("diffusers", "peft", "torch")}
 
 
 def format_findings(fmt: str, shapes: dict[str, tuple[int, int]]) -> tuple[FormatFinding, ...]:

@@ -28,6 +28,7 @@ import torch
 
 from perf.build import compile_settings
 from perf.build.builder import attention_shape, build_pipeline
+from perf.judge.record import IDENTITY_FIELDS, to_data
 from perf.run.measure import synchronize, time_rounds
 from perf.run.recording import identity
 from perf.spec.profiles import resolve_profile
@@ -149,8 +150,9 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
     )
     path = out / f"profile-{recipe_name}.json"
     out.mkdir(parents=True, exist_ok=True)
+    identified = to_data(identity(recipe, spec))
     result: dict = {
-        **identity(recipe, spec),  # device, versions, commit, command, as every record
+        **{name: identified[name] for name in IDENTITY_FIELDS},  # device, versions, commit, command, as every record
         "attention": {"kernel": built.attention.kernel, "timings_ms": built.attention.timings_ms,
                       "rel_errors": built.attention.rel_errors},
         "facts": built.facts,

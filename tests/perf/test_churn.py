@@ -12,7 +12,7 @@ def test_lora_churn_never_recompiles_and_ends_on_the_right_adapter(case, suite):
     if not suite.runs_churn(case.recipe):
         pytest.skip(f"{case.recipe.name}: churn not run (compiled hot-swap recipes only, where it can recompile; "
                     "--no-churn)")
-    result = case.churn(suite.churn_sequence(), suite.progress)
+    result = suite.churn(case)
     assert result.recompiles == 0, f"{result.recompiles} recompiles over {len(result.steps)} swaps: {result.steps}"
     assert result.revisit_drift <= SAME_NUMERICS_IMAGE_TOLERANCE, (
         f"an adapter met again during the churn made another image than the first time: {result.revisit_drift:.2e}"

@@ -1,13 +1,9 @@
 """What a recipe must keep doing after any library upgrade: swap adapters without recompiling, produce the
 image a fresh pipeline would, and stay as fast as its baseline (timed by pytest-benchmark)."""
 
-import itertools
-
 import pytest
 
 from perf.run.checks import cudagraph_problem
-from perf.run.measure import synchronize, time_rounds
-from perf.run.watchers import RecompileWatcher
 
 
 def test_hotswap_never_recompiles_after_warmup(case):
@@ -73,29 +69,10 @@ def test_swap_check_catches_a_broken_swap(case):
 
 
 def test_generation_latency(benchmark, case, suite):
-    """Times full pipeline calls after warm-up. Hot-swap recipes swap to the next adapter before every timed
-    round (untimed), so the timing also proves a swap costs no recompile; others keep their adapter."""
-    built = case.built
-    device = built.device_type
-    rotation = itertools.cycle(built.spec.pool.adapters)
-
-    def next_adapter():
-        built.load_adapter(next(rotation))
-        synchronize(device)
-
-    benchmark.extra_info.update(
-        recipe=case.recipe.name, profile=built.spec.active.name, emulated=built.spec.active.emulated,
-        device=built.spec.active.device.name, model_source=built.spec.source.label, attention=built.attention.kernel,
-        compile_warmup_s=case.scenario.warmup_seconds, versions=case.record["versions"],
-        peak_memory=case.record["peak_memory"],
-    )
-    setup = next_adapter if case.recipe.hotswap else None
-    with RecompileWatcher() as watcher:
-        if benchmark.disabled:  # pytest-benchmark is off under pytest-xdist: the suite times the same rounds
-            case.add_latency(time_rounds(built.generate, setup, suite.rounds, device), timer="suite")
-        else:
-            benchmark.pedantic(built.generate, setup=setup, rounds=suite.rounds, iterations=1, warmup_rounds=0)
-            case.add_latency(list(benchmark.stats.stats.data), timer="pytest-benchmark")
+    """Full pipeline calls after warm-up, timed by pytest-benchmark (``perf.run.case.Case.time_generations``).
+    Hot-swap recipes swap to the next adapter before every timed round (untimed), so the timing also proves a
+    swap costs no recompile; others keep their adapter."""
+    watcher = case.time_generations(benchmark, suite.rounds)
     if case.recipe.compiled and case.recipe.hotswap:
         assert watcher.count == 0, f"{watcher.count} recompiles while timing hot-swapped generations"
     if case.recipe.cudagraphs:

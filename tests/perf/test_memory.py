@@ -4,9 +4,8 @@ pipeline is shown not to fit it (else the budget check proves nothing)."""
 
 import pytest
 
-from perf.judge.baseline_files import OUT_OF_MEMORY
+from perf.judge.record import COMPLETED, OUT_OF_MEMORY
 from perf.plugin import case_params
-from perf.run.case import CaseFailed
 from perf.run.checks import over_budget
 
 
@@ -23,17 +22,9 @@ def test_peak_memory_within_budget(case):
 def test_bf16_pipeline_without_offload_breaks_the_budget(control, suite):
     """Negative control: the recipe that should not fit (bf16, no offload, no quantization) runs out of memory
     under the budget, or its measured peak exceeds it. Its record says which."""
-    try:
-        case = suite.open_case(control)
-    except CaseFailed as failed:
-        assert failed.record["outcome"] == OUT_OF_MEMORY
-        return
-    try:
-        budget = case.built.spec.active.profile.memory_budget_gib
-        problem = over_budget(case.scenario.peak, budget, case.built.spec.active.name)
-        assert problem is not None, (
-            f"{case.recipe.name} fit within {budget} GiB (peak {case.scenario.peak}): the memory budget check's "
-            "negative control did not fire"
-        )
-    finally:
-        suite.close_case(case)
+    result = suite.memory_control(control)
+    assert result.outcome in (COMPLETED, OUT_OF_MEMORY), f"the control ended {result.outcome}, not out of memory"
+    assert result.outcome == OUT_OF_MEMORY or result.over_budget is not None, (
+        f"{control[1]} fit within {result.budget_gib} GiB (peak {result.peak}): the memory budget check's "
+        "negative control did not fire"
+    )

@@ -17,3 +17,14 @@ def run_pytest(*args: str, cache: Path, timeout: float = 120) -> subprocess.Comp
         [sys.executable, "-m", "pytest", "tests/perf", *args, "-q", "-p", "no:cacheprovider"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def disk_state(*folders: Path) -> dict[Path, tuple[int, int]]:
+    """Every path under ``folders`` (and whether each exists), with its size and modification time: equal before
+    and after a refused run means nothing was created, changed or removed."""
+    state = {}
+    for folder in folders:
+        paths = [folder, *folder.rglob("*")] if folder.exists() else []
+        state[folder] = (folder.exists(), 0)
+        state.update({path: (path.stat().st_size, path.stat().st_mtime_ns) for path in paths if path.is_file()})
+    return state

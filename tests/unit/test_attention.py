@@ -72,7 +72,7 @@ def test_fa4_is_reported_missing_without_its_package(monkeypatch):
 
 
 def test_fa4_row_skips_with_its_reason_off_hopper_or_without_the_package(cpu_profile, monkeypatch):
-    monkeypatch.setattr("perf.spec.recipes.fa4_installed", lambda: False)
+    monkeypatch.setattr("perf.build.attention.fa4_installed", lambda: False)
     attention_only = dataclasses.replace(get_recipe("optimized_fa4"), fp8=False)
     assert "Hopper" in unsupported_reason(attention_only, cpu_profile)
     hopper = ActiveProfile(get_profile("h100"), DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.2, (9, 0)), False)

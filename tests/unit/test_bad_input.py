@@ -11,16 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_records import example_record
 from safetensors.torch import save_file
 from suite_run import run_pytest
 
 from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import BaselineError, LoraIncompatibleError, SuiteError
 from perf.judge.baseline_files import read_record, read_records, record_path, write_record
+from perf.judge.record import PoolAdapter, RunRecord, to_data
 from perf.spec.loras import check_hotswap, inspect_lora
 from perf.spec.models import resolve_source
 from perf.spec.profiles import DeviceInfo, get_profile, resolve_profile
 from perf.spec.recipes import get_recipe
+from perf.spec.settings import SEED_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "cuda", 79.1, (9, 0))
@@ -205,13 +208,18 @@ def test_smaller_profile_on_a_bigger_device_is_emulated():
 # --- baselines -----------------------------------------------------------------------------------------------
 
 
-def make_record(**changes) -> dict:
-    record = {
-        "schema": 1, "profile": "cpu", "recipe": {"name": "hotswap_eager"}, "model_source": "synthetic-tiny",
-        "device": "x86_64", "emulated": False, "latency": {"samples_s": [0.5, 0.6], "median_s": 0.55},
-        "versions": {"torch": torch.__version__},
-    }
-    return {**record, **changes}
+def make_record(**changes) -> RunRecord:
+    """A CPU record of hotswap_eager (the example record, moved to the tiny model on this CPU)."""
+    cpu = {"profile": "cpu", "model_source": "synthetic-tiny", "device": "x86_64"}
+    return example_record("hotswap_eager", [0.5, 0.6], **{**cpu, **changes})
+
+
+def write_json(tmp_path: Path, data: dict) -> Path:
+    """A record file with content ``write_record`` would refuse to write (it validates what it writes)."""
+    path = record_path(tmp_path, "cpu", "hotswap_eager")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
 
 
 def test_corrupt_baseline_names_the_file_and_how_to_restore_it(tmp_path):
@@ -227,36 +235,47 @@ def test_corrupt_baseline_names_the_file_and_how_to_restore_it(tmp_path):
 
 
 def test_baseline_of_an_unknown_schema_version_must_be_rerecorded(tmp_path):
-    path = write_record(tmp_path, make_record(schema=99))
+    path = write_json(tmp_path, {**to_data(make_record()), "schema": 99})
     with pytest.raises(
-        BaselineError, match=r"schema version 99; this suite reads version 1: re-record it with --update-baselines"
+        BaselineError, match=r"schema version 99; this suite reads version 2 .*: re-record it with --update-baselines"
     ):
         read_record(path)
 
 
 def test_baseline_missing_fields_names_them(tmp_path):
-    record = make_record()
-    del record["latency"], record["device"]
-    path = write_record(tmp_path, record)
-    with pytest.raises(BaselineError, match=r"lacks device, latency; re-record it with --update-baselines"):
+    data = to_data(make_record())
+    del data["latency"], data["device"]
+    path = write_json(tmp_path, data)
+    with pytest.raises(BaselineError, match=r"device: Field required; latency: Field required; re-record it with"):
         read_record(path)
 
 
-@pytest.mark.parametrize(
-    "change", [{"device": "NVIDIA H100 80GB HBM3"}, {"model_source": "pretrained:black-forest-labs/FLUX.1-dev"}],
-    ids=["other-device", "other-model"],
-)
-def test_baseline_of_another_device_or_model_is_never_replaced_by_accident(tmp_path, change):
-    """A CPU run must not overwrite an H100 baseline (or a real model's with the synthetic one's): refused,
-    the stored record untouched, unless the user asks for it explicitly."""
-    path = write_record(tmp_path, make_record())
-    stored = path.read_bytes()
-    foreign = make_record(**change)
+SYNTHETIC_POOL = (PoolAdapter("style_a", 4, 7, True),)
+USER_POOL = (PoolAdapter("lora0", 16, 190, False, "mine.safetensors", "c" * 64),)
+SMALL = dataclasses.replace(SEED_SETTINGS, height=64)
 
-    with pytest.raises(BaselineError, match=r"holds a baseline from x86_64 / synthetic-tiny.*--overwrite-foreign"):
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [({"device": "NVIDIA H100 80GB HBM3"}, "device differs"),
+     ({"model_source": "pretrained:black-forest-labs/FLUX.1-dev"}, "model_source differs"),
+     ({"settings": dataclasses.replace(SEED_SETTINGS, height=512)}, "settings differs"),
+     ({"lora_pool": USER_POOL}, "LoRA pool differs")],
+    ids=["other-device", "other-model", "other-settings", "other-pool"],
+)
+def test_baseline_of_another_run_is_never_replaced_by_accident(tmp_path, change, differs):
+    """A CPU run must not overwrite an H100 baseline, nor the synthetic pool's with a user's own LoRAs (the next
+    default run would be incomparable and pass): refused, naming what differs and the override, the stored
+    record untouched, unless the user asks for it explicitly."""
+    path = write_record(tmp_path, make_record(settings=SMALL, lora_pool=SYNTHETIC_POOL))
+    stored = path.read_bytes()
+    foreign = make_record(**{"settings": SMALL, "lora_pool": SYNTHETIC_POOL, **change})
+
+    with pytest.raises(BaselineError, match=rf"would replace {path}, a baseline of another run \({differs}.*"
+                                            r"pass --overwrite-foreign-baselines"):
         write_record(tmp_path, foreign)
     assert path.read_bytes() == stored
 
     write_record(tmp_path, foreign, overwrite_foreign=True)
     replaced = read_record(path)
-    assert {key: replaced[key] for key in change} == change
+    assert {key: getattr(replaced, key) for key in change} == change

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_records import h100_record
+from fake_records import example_record
 
 from perf.judge.baseline_files import atomic_write_bytes, png_bytes, thumbnail_image, write_record
 
@@ -45,7 +45,7 @@ def png_chunks(data: bytes) -> list[str]:
 
 def write_images(root: Path, image: np.ndarray) -> Path:
     """The record's one thumbnail, written the way a baseline update writes it."""
-    path = write_record(root, h100_record("optimized", [1.0]), {"style_a": image})
+    path = write_record(root, example_record("optimized", [1.0]), {"style_a": image})
     return path.with_name("optimized.style_a.png")
 
 
@@ -68,7 +68,7 @@ def test_replaced_file_keeps_its_mode(tmp_path, umask, existing):
 
 
 def test_record_and_thumbnails_are_written_0644_under_the_usual_umask(tmp_path, umask):
-    record = write_record(tmp_path, h100_record("optimized", [1.0]), {"style_a": level_grid_image()})
+    record = write_record(tmp_path, example_record("optimized", [1.0]), {"style_a": level_grid_image()})
     assert {mode(record), mode(record.with_name("optimized.style_a.png"))} == {0o644}
 
 
@@ -101,3 +101,13 @@ def test_png_of_another_size_is_rewritten(tmp_path):
     png = write_images(tmp_path, level_grid_image())
     write_images(tmp_path, level_grid_image()[: SIDE // 2])
     assert png.read_bytes() == png_bytes(thumbnail_image(level_grid_image()[: SIDE // 2]))
+
+
+def test_a_replaced_record_takes_its_thumbnails_with_it(tmp_path):
+    """A record re-recorded with other adapters leaves no thumbnail of the old ones beside it; another recipe's
+    thumbnails (a name that starts the same) are not touched."""
+    write_record(tmp_path, example_record("optimized_fast", [1.0]), {"style_a": level_grid_image()})
+    path = write_record(tmp_path, example_record("optimized", [1.0]), {"style_a": level_grid_image(),
+                                                                    "style_b": level_grid_image(1)})
+    write_record(tmp_path, example_record("optimized", [1.0]), {"lora0": level_grid_image(2)})
+    assert sorted(p.name for p in path.parent.glob("*.png")) == ["optimized.lora0.png", "optimized_fast.style_a.png"]

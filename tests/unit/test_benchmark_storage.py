@@ -4,11 +4,16 @@ pytest-benchmark's own naming, and the newest stored file holds every recipe's l
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 
+import pytest
+from pytest_benchmark.storage.file import FileStorage
+from pytest_benchmark.utils import safe_dumps
 from suite_run import ROOT, run_pytest
 
-from perf.judge.benchmark_storage import SAVE_NAME, latest_baseline, merged_with_stored
+from perf.judge.benchmark_storage import SAVE_NAME, latest_baseline, merged_with_stored, read_stored, save_atomically
 
 
 def bench(name: str, median: float) -> dict:
@@ -55,3 +60,40 @@ def test_compare_is_announced_and_saved_baselines_are_compared_on_the_next_run(t
     assert second.returncode == 0, second.stdout[-3000:]
     assert f"against {stored[0]}" in second.stdout
     assert "(NOW)" in second.stdout and "(0001_baselin)" in second.stdout
+
+
+def test_a_truncated_stored_file_is_left_out_not_a_traceback(tmp_path):
+    """A save cut short (pytest-benchmark's own plain write, killed) is named and skipped: the newest readable
+    file is compared against, and a new baseline merges the readable ones."""
+    machine = tmp_path / "Linux-CPython-3.11-64bit"
+    machine.mkdir()
+    (machine / f"0001_{SAVE_NAME}.json").write_text(json.dumps({"benchmarks": [bench("cpu-baseline", 0.1)]}))
+    (machine / f"0002_{SAVE_NAME}.json").write_text('{"benchmarks": [{"fullname": "tests/pe')
+
+    stored, unreadable = read_stored(tmp_path)
+
+    assert unreadable == [machine / f"0002_{SAVE_NAME}.json"]
+    assert [b["stats"]["median"] for s in stored for b in s["benchmarks"]] == [0.1]
+    assert latest_baseline(tmp_path) == machine / f"0001_{SAVE_NAME}.json"
+
+
+def test_pytest_benchmarks_save_is_atomic(tmp_path, monkeypatch):
+    """A save that fails before its rename (as a kill would stop it) leaves no file and no temporary file; one
+    that completes leaves pytest-benchmark's own bytes under its own next name."""
+    storage = FileStorage(tmp_path, logging.getLogger("test"), default_machine_id="machine")
+    save_atomically(storage)
+    output = {"benchmarks": [bench("cpu-baseline", 0.1)]}
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            storage.save(output, SAVE_NAME)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "machine"]
+
+    storage.save(output, SAVE_NAME)
+    saved = tmp_path / "machine" / f"0001_{SAVE_NAME}.json"
+    assert list(tmp_path.rglob("*.json")) == [saved]
+    assert saved.read_bytes() == safe_dumps(output, ensure_ascii=True, indent=4).encode()

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import json
 
-from fake_records import h100_record
+from fake_records import example_record
 
 from perf.judge.baseline_files import write_record
 from perf.judge.calibrate import calibrate, main
+from perf.judge.record import RunRecord, SwapCheck, SwapControls
 
 
-def swap_check(swap: float, scale: dict[str, float], partial: float = 2.0, not_swapped: float = 5.0) -> dict:
-    return {"tolerance": 0.05, "swap": swap, "swap_back": 0.0,
-            "controls": {"scale": scale, "partial": partial, "not_swapped": not_swapped}}
+def swap_check(swap: float, scale: dict[str, float], partial: float = 2.0, not_swapped: float = 5.0) -> SwapCheck:
+    return SwapCheck("fraction of the adapter's effect", 0.05, "style_b", 3.0, swap, 0.0, 0,
+                     SwapControls(swap, 0.0, scale, partial, not_swapped, 0))
 
 
-def hotswap_run(samples: list[float], check: dict, **changes) -> dict:
-    record = h100_record("optimized", samples, swap_check=check, **changes)
-    record["recipe"].update(compile="full", hotswap=True)
-    return record
+def hotswap_run(samples: list[float], check: SwapCheck, **changes) -> RunRecord:
+    """A run of ``optimized`` (compiled, hot-swapped) with its swap check's figures."""
+    return example_record("optimized", samples, swap_check=check, **changes)
 
 
 def rows_by_check(rows) -> dict:

@@ -117,14 +117,14 @@ def test_fp8_attention_is_refused_not_replaced_without_fa3(no_fa3):
 
 @pytest.mark.parametrize("row", ["optimized_fa3_fp8attn", "optimized_fast"])
 def test_fp8_attention_rows_skip_with_the_install_hint_without_fa3(row, cpu_profile, monkeypatch):
-    monkeypatch.setattr("perf.spec.recipes.fa3_installed", lambda: False)
+    monkeypatch.setattr("perf.build.attention.fa3_installed", lambda: False)
     attention_only = dataclasses.replace(get_recipe(row), fp8=False)  # FP8 weights need torchao, not here
     assert "Hopper" in unsupported_reason(attention_only, cpu_profile)
     hopper = ActiveProfile(get_profile("h100"), HOPPER, False)
     assert "FlashAttention-3, which is not installed (pip install '.[fa3]')" in unsupported_reason(
         attention_only, hopper
     )
-    monkeypatch.setattr("perf.spec.recipes.fa3_installed", lambda: True)
+    monkeypatch.setattr("perf.build.attention.fa3_installed", lambda: True)
     assert unsupported_reason(attention_only, hopper) is None
 
 

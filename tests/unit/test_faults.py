@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_records import example_record
 
 import perf.run.case
 import perf.run.measure
 from perf.build.attention import choose_attention
 from perf.judge.baseline_files import read_records, record_path, write_record
+from perf.judge.record import from_data
 from perf.run.case import CaseFailed, open_case
 from perf.run.measure import assert_no_leak
 from perf.spec.recipes import get_recipe
@@ -87,8 +89,8 @@ def test_out_of_memory_fails_only_its_variant_with_peak_figures_and_the_next_var
     assert_no_leak(start, "cpu", slack_gib=0.5)
 
     case = open_tiny_case("baseline")
-    assert [step.adapter for step in case.scenario.steps] == ["style_b", "style_c", "style_a"]
-    assert case.record["recipe"]["name"] == "baseline"
+    assert [step.adapter for step in case.scenario.steps] == ["kohya", "xlabs", "ai_toolkit_reordered", "peft_all"]
+    assert case.record.name == "baseline"
     case.release()
 
 
@@ -125,11 +127,11 @@ def test_a_compile_past_its_budget_fails_its_variant_with_the_elapsed_time_and_t
                        r"budget of 0.2 s") as failed:
         open_case(dataclasses.replace(tiny_spec, active=tight), get_recipe("no_fa3_fp8"), progress=quiet,
                   references=())
-    assert failed.value.record["outcome"] == "over_compile_budget"
-    assert failed.value.record["recipe"]["name"] == "no_fa3_fp8"
+    assert failed.value.record.outcome == "over_compile_budget"
+    assert failed.value.record.name == "no_fa3_fp8"
 
     case = open_case(dataclasses.replace(tiny_spec, active=tight), get_recipe("baseline"), progress=quiet)
-    assert len(case.scenario.steps) == 3
+    assert len(case.scenario.steps) == len(tiny_spec.pool.adapters)  # B, C, D and back to A
     case.release()
 
 
@@ -139,7 +141,7 @@ PAD = 6_000_000  # bytes of padding per payload: a write takes long enough to be
 WRITER = f"""
 import json, os, sys, time
 from pathlib import Path
-from perf.judge.baseline_files import atomic_write_bytes, read_record
+from perf.judge.baseline_files import atomic_write_bytes
 
 path, pause = Path(sys.argv[1]), sys.argv[2] == "pause"
 fsync = os.fsync
@@ -151,9 +153,10 @@ def fsync_then_pause(fd):  # "pause": stop inside the write, after the data and 
         time.sleep(60)
 
 os.fsync = fsync_then_pause
-base = read_record(path)
-payloads = [
-    json.dumps({{**base, "iteration": i, "pad": "x" * {PAD}}}, indent=1, sort_keys=True).encode() for i in range(2)
+base = json.loads(path.read_text())
+payloads = [  # valid records: the padding is the command line, the iteration the commit
+    json.dumps({{**base, "commit": f"iteration-{{i}}", "command": "x" * {PAD}}}, indent=1, sort_keys=True).encode()
+    for i in range(2)
 ]
 print("ready", flush=True)
 for i in range(10**6):  # the loop is all writing: payloads are built before it
@@ -184,7 +187,7 @@ def kill_writer(path: Path, after: str, delay: float) -> None:
 def assert_old_or_complete(path: Path, old: dict) -> dict:
     record = json.loads(path.read_text())
     if record != old:
-        assert record == {**old, "iteration": record["iteration"], "pad": "x" * PAD}
+        assert record == {**old, "commit": record["commit"], "command": "x" * PAD}
     return record
 
 
@@ -192,11 +195,7 @@ def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
     """SIGKILL lands at arbitrary points of a loop of several-MB atomic writes, then once provably inside a write
     (after the data, before the rename): the record always parses as the old record or one complete new payload,
     and the only debris is a ``.tmp`` file that ``read_records`` ignores."""
-    record = {
-        "schema": 1, "profile": "cpu", "recipe": {"name": "hotswap_eager"}, "model_source": "synthetic-tiny",
-        "device": "x86_64", "emulated": False, "latency": {"samples_s": [0.5]}, "versions": {},
-    }
-    path = write_record(tmp_path, record)
+    path = write_record(tmp_path, example_record("hotswap_eager", [0.5], profile="cpu", device="x86_64"))
     assert path == record_path(tmp_path, "cpu", "hotswap_eager")
     old = assert_old_or_complete(path, json.loads(path.read_text()))
 
@@ -210,7 +209,7 @@ def test_a_killed_baseline_write_leaves_the_old_or_the_new_record(tmp_path):
     leftovers = sorted(p.name for p in path.parent.iterdir() if p != path)
     assert leftovers, "the paused writer must leave its temporary file, or the kill did not land inside a write"
     assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in leftovers), leftovers
-    assert read_records(tmp_path, "cpu") == ({"hotswap_eager": old}, [])
+    assert read_records(tmp_path, "cpu") == ({"hotswap_eager": from_data(old)}, [])
 
 
 def test_a_cold_start_that_fails_in_its_child_process_says_which_start_and_why(tiny_cache):
@@ -242,14 +241,14 @@ def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, m
     assert before == (False, "highest")
     monkeypatch.setattr("perf.build.builder.choose_attention", _set_like_torchao)
     case = open_tiny_case("hotswap_eager")
-    recorded = case.record["applied"]["compile_settings"]
+    recorded = case.record.applied.compile_settings
     assert recorded["coordinate_descent_tuning"] is True  # the recipe ran, and is recorded, under them
     assert recorded["float32_matmul_precision"] == "high"
     case.release()
     assert (inductor_config.coordinate_descent_tuning, torch.get_float32_matmul_precision()) == before
     monkeypatch.undo()
     follower = open_tiny_case("hotswap_eager")  # the next recipe compiles under the settings it found
-    assert follower.record["applied"]["compile_settings"]["coordinate_descent_tuning"] is False
+    assert follower.record.applied.compile_settings["coordinate_descent_tuning"] is False
     follower.release()
 
 

@@ -1,7 +1,7 @@
 """The memory check fires when a peak breaks the budget (its negative control) and names both figures."""
 
+from perf.judge.record import PeakMemory
 from perf.run.checks import over_budget
-from perf.run.measure import PeakMemory
 
 
 def test_a_peak_within_budget_passes():

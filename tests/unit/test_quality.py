@@ -12,6 +12,7 @@ import pytest
 
 from perf.errors import SuiteError
 from perf.judge.baseline_files import load_thumbnail, save_thumbnail
+from perf.judge.record import AdapterQuality
 from perf.run.quality import (
     PSNR_CEILING,
     SYNTHETIC_CLIP,
@@ -153,10 +154,8 @@ def test_check_quality_passes_an_image_identical_to_its_references(tmp_path: Pat
     baseline_clip = scorer.score(image, PROMPT)
     result = check_quality(image, PROMPT, tmp_path / "reference.png", image, baseline_clip, scorer, BF16)
     assert result.passed, result.failures
-    assert result.as_record() == {
-        "clip": SYNTHETIC_CLIP, "clip_score": baseline_clip, "psnr_vs_reference": PSNR_CEILING,
-        "ssim_vs_reference": pytest.approx(1.0), "psnr_vs_baseline_row": PSNR_CEILING,
-    }
+    assert result.as_record() == AdapterQuality(SYNTHETIC_CLIP, baseline_clip, PSNR_CEILING, pytest.approx(1.0),
+                                                PSNR_CEILING)
 
 
 def test_check_quality_fails_an_image_from_another_seed_naming_figures_tolerance_and_paths(

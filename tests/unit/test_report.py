@@ -3,30 +3,28 @@ verdicts when given, and the same tables on the GitHub Actions job summary when 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
-from fake_records import h100_record
+from fake_records import example_record
 
 from perf.judge.baseline_files import write_record
 from perf.judge.compare import compare_records
+from perf.judge.record import AttentionChoice, RunRecord
 from perf.report.report import main, write_report
-from perf.spec.recipes import RECIPES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def record(recipe: str, median: float, date: str = "2025-06-01T00:00:00+00:00", **changes) -> dict:
+def record(recipe: str, median: float, date: str = "2025-06-01T00:00:00+00:00", **changes) -> RunRecord:
     """A run record whose recipe is the table's, as ``perf.run.recording`` writes it (seed figures included)."""
     samples = [median * f for f in (0.998, 1.0, 1.003)]
-    made = h100_record(recipe, samples, date=date, attention={"kernel": "FlashAttention-3"}, **changes)
-    made["recipe"] = dataclasses.asdict(RECIPES[recipe]) if recipe in RECIPES else made["recipe"]
-    return made
+    return example_record(recipe, samples, date=date, attention=AttentionChoice("_flash_3", "FlashAttention-3"),
+                          **changes)
 
 
 @pytest.fixture
-def run() -> dict[str, dict]:
+def run() -> dict[str, RunRecord]:
     return {"baseline": record("baseline", 10.0), "optimized": record("optimized", 4.0, emulated=True)}
 
 

@@ -4,7 +4,8 @@ named (a full-graph FP8 compile that did not finish in 9.5 minutes must not hang
 from suite_run import run_pytest
 
 from perf.build.builder import staged
-from perf.plugin import Suite, case_params
+from perf.plugin import case_params
+from perf.session import PerfSession
 from perf.spec.profiles import PROFILES, ActiveProfile, DeviceInfo
 from perf.spec.recipes import RECIPES
 
@@ -20,19 +21,19 @@ class Options:
 
 
 def test_a_row_of_another_profile_says_what_it_needs_and_what_was_found():
-    reason = Suite(Options(), H100).skip_reason("rtx4090", RECIPES["rtx4090_offload"])
+    reason = PerfSession(Options(), H100).skip_reason("rtx4090", RECIPES["rtx4090_offload"])
     assert reason == "needs rtx4090, found h100 on NVIDIA H100 80GB HBM3"
 
 
 def test_an_opt_in_row_skips_unless_named_in_recipes():
     row = RECIPES["optimized_fullgraph"]
-    assert "run it with --recipes optimized_fullgraph" in Suite(Options(), H100).skip_reason("h100", row)
-    named = Suite(Options("baseline,optimized_fullgraph"), H100).skip_reason("h100", row)
+    assert "run it with --recipes optimized_fullgraph" in PerfSession(Options(), H100).skip_reason("h100", row)
+    named = PerfSession(Options("baseline,optimized_fullgraph"), H100).skip_reason("h100", row)
     assert named is None or "opt-in" not in named  # past the opt-in gate (torchao may still be missing here)
 
 
 def test_the_seed_rows_are_not_opt_in():
-    assert Suite(Options(), H100).skip_reason("h100", RECIPES["no_fa3_fp8"]) is None
+    assert PerfSession(Options(), H100).skip_reason("h100", RECIPES["no_fa3_fp8"]) is None
 
 
 def test_the_memory_control_has_its_own_test_and_no_shared_case():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_records import h100_record
+from fake_records import example_record
 from safetensors.torch import save_file
 from suite_run import run_pytest
 
@@ -168,7 +168,7 @@ def test_non_positive_count_is_a_usage_error_not_the_default(tmp_path, option, v
 
 def test_report_without_out_writes_beside_the_results(tmp_path, monkeypatch):
     """``python -m perf.report baselines/h100``, as the README writes it."""
-    write_record(tmp_path / "baselines", h100_record("baseline", [10.0, 10.1, 9.9]))
+    write_record(tmp_path / "baselines", example_record("baseline", [10.0, 10.1, 9.9]))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     assert report_main(["baselines/h100"]) == 0

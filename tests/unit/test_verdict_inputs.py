@@ -3,20 +3,21 @@ readable recipe is still judged; a run with another LoRA pool is incomparable, n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from fake_records import h100_record
+from fake_records import example_record
 from suite_run import ROOT, run_pytest
 
 from perf.judge.baseline_files import comparable, read_records, record_path, write_record
 from perf.judge.compare import compare_folders, compare_records, main
-from perf.plugin import verdict_lines
+from perf.judge.record import PoolAdapter, Quality
 from perf.run.recording import _sha256, file_sha256, pool_entries
+from perf.session import verdict_lines
 
 SAMPLES = [1.000, 1.004, 0.997, 1.002, 0.999]
 CORRUPT = '{"schema": 1, "profile": "h1'
@@ -25,7 +26,7 @@ CORRUPT = '{"schema": 1, "profile": "h1'
 def write_folder(root: Path, recipes: list[str], corrupt: str | None = None) -> Path:
     """Records of ``recipes`` under ``root/h100``; ``corrupt``'s file cut short, as a bad merge leaves it."""
     for recipe in recipes:
-        write_record(root, h100_record(recipe, SAMPLES))
+        write_record(root, example_record(recipe, SAMPLES))
     if corrupt:
         record_path(root, "h100", corrupt).write_text(CORRUPT)
     return root
@@ -82,9 +83,8 @@ def test_a_corrupt_record_of_the_run_itself_is_an_error(run, capsys):
 
 def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(run):
     baselines, _ = run
-    finished = {recipe: h100_record(recipe, SAMPLES) for recipe in ("baseline", "optimized", "no_fp8")}
-    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"), finished=finished)
-    lines, failed = verdict_lines(suite)
+    finished = {recipe: example_record(recipe, SAMPLES) for recipe in ("baseline", "optimized", "no_fp8")}
+    lines, failed = verdict_lines(read_records(baselines, "h100"), finished, baselines / "h100", False)
     assert failed
     assert any(line.startswith("optimized") and "latency_median_s" in line and " ok " in line for line in lines)
     assert any(line.startswith("no_fp8") and " error " in line and "no_fp8.json is corrupt" in line for line in lines)
@@ -92,9 +92,8 @@ def test_the_plugin_verdict_judges_the_rest_and_fails_on_the_corrupt_baseline(ru
 
 def test_the_plugin_verdict_passes_when_only_an_unrun_recipes_baseline_is_corrupt(run):
     baselines, _ = run
-    suite = SimpleNamespace(stored_baselines=read_records(baselines, "h100"),
-                            finished={"optimized": h100_record("optimized", SAMPLES)})
-    lines, failed = verdict_lines(suite)
+    lines, failed = verdict_lines(read_records(baselines, "h100"), {"optimized": example_record("optimized", SAMPLES)},
+                                  baselines / "h100", False)
     assert not failed
     assert not any("corrupt" in line for line in lines)
 
@@ -115,22 +114,19 @@ def test_a_gating_run_with_a_corrupt_baseline_fails_and_names_the_file(tmp_path,
     assert " failed" not in done.stdout.splitlines()[-1]  # the tests themselves passed
 
 
-SYNTHETIC = [{"name": "style_a", "rank": 4, "modules": 7, "synthetic": True,
-              "file": "pytorch_lora_weights.safetensors", "sha256": "a" * 64},
-             {"name": "style_b", "rank": 8, "modules": 6, "synthetic": True,
-              "file": "pytorch_lora_weights.safetensors", "sha256": "b" * 64}]
+SYNTHETIC = (PoolAdapter("style_a", 4, 7, True, "pytorch_lora_weights.safetensors", "a" * 64),
+             PoolAdapter("style_b", 8, 6, True, "pytorch_lora_weights.safetensors", "b" * 64))
 
 
-def user_pool(*hashes: str | None) -> list[dict]:
-    return [{"name": f"lora{i}", "rank": 16, "modules": 190, "synthetic": False, "file": f"style{i}.safetensors",
-             **({"sha256": sha} if sha else {})} for i, sha in enumerate(hashes)]
+def user_pool(*hashes: str | None) -> tuple[PoolAdapter, ...]:
+    return tuple(PoolAdapter(f"lora{i}", 16, 190, False, f"style{i}.safetensors", sha) for i, sha in enumerate(hashes))
 
 
 def test_a_run_with_the_users_loras_is_incomparable_with_synthetic_baselines():
     """The issue's case: a --lora run judged against synthetic baselines said clip_score regressed."""
-    baseline = h100_record("hotswap_eager", SAMPLES, lora_pool=SYNTHETIC, quality={"clip_score": 68.27})
-    candidate = h100_record("hotswap_eager", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64),
-                            quality={"clip_score": 66.42})
+    baseline = example_record("hotswap_eager", SAMPLES, lora_pool=SYNTHETIC, quality=Quality("synthetic", 68.27))
+    candidate = example_record("hotswap_eager", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64),
+                            quality=Quality("synthetic", 66.42))
     (verdict,) = compare_records({"hotswap_eager": baseline}, {"hotswap_eager": candidate})
     assert verdict.verdict == "incomparable"
     assert verdict.reason.startswith("LoRA pool differs: baseline synthetic style_a r4")
@@ -138,39 +134,40 @@ def test_a_run_with_the_users_loras_is_incomparable_with_synthetic_baselines():
 
 
 def test_user_pools_are_the_same_pool_when_their_files_hash_the_same():
-    moved = [{**adapter, "file": "renamed.safetensors"} for adapter in user_pool("c" * 64, "d" * 64)]
-    assert comparable(h100_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64)),
-                      h100_record("x", SAMPLES, lora_pool=moved)) is None
-    reason = comparable(h100_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64)),
-                        h100_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "e" * 64)))
+    moved = tuple(dataclasses.replace(a, file="renamed.safetensors") for a in user_pool("c" * 64, "d" * 64))
+    assert comparable(example_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64)),
+                      example_record("x", SAMPLES, lora_pool=moved)) is None
+    reason = comparable(example_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64)),
+                        example_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "e" * 64)))
     assert reason.startswith("LoRA pool differs: ")
 
 
 def test_synthetic_pools_are_the_same_pool_whatever_their_files_bytes():
     """Synthetic adapters are made from code; the saving library's version may change their bytes."""
-    rehashed = [{**adapter, "sha256": "f" * 64} for adapter in SYNTHETIC]
-    assert comparable(h100_record("x", SAMPLES, lora_pool=SYNTHETIC),
-                      h100_record("x", SAMPLES, lora_pool=rehashed)) is None
+    rehashed = tuple(dataclasses.replace(adapter, sha256="f" * 64) for adapter in SYNTHETIC)
+    assert comparable(example_record("x", SAMPLES, lora_pool=SYNTHETIC),
+                      example_record("x", SAMPLES, lora_pool=rehashed)) is None
 
 
 def test_records_without_hashes_are_compared_by_name_and_rank_and_say_so():
-    old = [{key: value for key, value in adapter.items() if key not in ("file", "sha256")}
-           for adapter in SYNTHETIC]
-    assert comparable(h100_record("x", SAMPLES, lora_pool=old), h100_record("x", SAMPLES, lora_pool=SYNTHETIC)) is None
+    old = tuple(dataclasses.replace(adapter, file=None, sha256=None) for adapter in SYNTHETIC)
+    assert comparable(example_record("x", SAMPLES, lora_pool=old),
+                      example_record("x", SAMPLES, lora_pool=SYNTHETIC)) is None
     unhashed = user_pool(None, None)
-    assert comparable(h100_record("x", SAMPLES, lora_pool=unhashed),
-                      h100_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64))) is None
-    reason = comparable(h100_record("x", SAMPLES, lora_pool=unhashed),
-                        h100_record("x", SAMPLES, lora_pool=[{**unhashed[0], "rank": 32}, unhashed[1]]))
+    assert comparable(example_record("x", SAMPLES, lora_pool=unhashed),
+                      example_record("x", SAMPLES, lora_pool=user_pool("c" * 64, "d" * 64))) is None
+    other_rank = (dataclasses.replace(unhashed[0], rank=32), unhashed[1])
+    reason = comparable(example_record("x", SAMPLES, lora_pool=unhashed),
+                        example_record("x", SAMPLES, lora_pool=other_rank))
     assert reason.startswith("LoRA pool differs (by name, rank and modules: a record without file hashes)")
 
 
 def test_records_name_each_adapter_file_and_its_sha256(tiny_pool):
     entries = pool_entries(tiny_pool)
-    assert [e["name"] for e in entries] == ["peft_all", "kohya", "xlabs", "ai_toolkit_reordered"]
+    assert [e.name for e in entries] == ["peft_all", "kohya", "xlabs", "ai_toolkit_reordered"]
     for entry, adapter in zip(entries, tiny_pool.adapters, strict=True):
-        assert entry["file"] == adapter.path.name
-        assert entry["sha256"] == hashlib.sha256(adapter.path.read_bytes()).hexdigest()
+        assert entry.file == adapter.path.name
+        assert entry.sha256 == hashlib.sha256(adapter.path.read_bytes()).hexdigest()
 
 
 def test_each_file_is_hashed_once_until_it_changes(tmp_path):
