@@ -25,6 +25,7 @@ from perf.judge.record import (
     RunRecord,
     SwapCheck,
 )
+from perf.run.hotswap_scaling import hotswap_scaling_finding
 from perf.run.scenario import ScenarioResult
 from perf.spec.loras import LoraPool
 from perf.spec.recipes import Recipe
@@ -60,9 +61,11 @@ def pool_entries(pool: LoraPool) -> tuple[PoolAdapter, ...]:
 
 
 def lora_findings(pool: LoraPool) -> tuple[LoraFinding, ...]:
-    """What the libraries could not load of the pool's formats (``perf.spec.loras.format_findings``), as the record
-    keeps it."""
-    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings)
+    """What the libraries cannot do with LoRA adapters, as this session measured it: the pool's formats diffusers
+    could not load (``perf.spec.loras.format_findings``) and peft's hot-swap ignoring per-module ranks and alphas
+    (``perf.run.hotswap_scaling``, probed once per process)."""
+    scaling = hotswap_scaling_finding()
+    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings) + ((scaling,) if scaling else ())
 
 
 def identity(recipe: Recipe, spec: RunSpec) -> RunRecord:

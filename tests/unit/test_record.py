@@ -89,7 +89,7 @@ DEFECTS = {
                                 r"compile\.warmup_graphs: Input should be a valid integer"),
     "a bool that is a number": (lambda d: d.update(emulated=0), r"emulated: Input should be a valid boolean"),
     "a check outcome misspelt": (lambda d: d.update(checks={"test_x": "pased"}),
-                                 r"checks\.test_x: Input should be 'passed', 'failed' or 'skipped'"),
+                                 r"checks\.test_x: Input should be 'passed', 'failed', 'skipped' or 'xfailed'"),
     "an unknown outcome": (lambda d: d.update(outcome="crashed"), r"outcome: Input should be 'completed'"),
     "a date that is not one": (lambda d: d.update(date="yesterday"), r"date: Value error"),
     "a key the schema lacks": (lambda d: d["peak_memory"].update(reserved=3.0),
