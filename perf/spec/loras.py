@@ -5,6 +5,7 @@ adapter gives one clear error instead of a peft stack trace or a silently empty 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,6 +278,12 @@ def _check_lora_tensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+        if _saved_by_torch(path):
+            raise SuiteError(
+                f"LoRA {path}: a PyTorch file (torch.save, as pytorch_lora_weights.bin is), but only safetensors "
+                "adapter files are supported; convert it once: python -c \"import torch, safetensors.torch as st; "
+                f"st.save_file(torch.load('{path}', weights_only=True), '{path.with_suffix('.safetensors')}')\""
+            ) from None
         raise SuiteError(
             f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated? Download or save it again"
         ) from exc
@@ -286,6 +293,31 @@ def _check_lora_tensors(path: Path) -> None:
             f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(keys)} tensors); pass a LoRA "
             "adapter file (diffusers/peft lora_A/lora_B, kohya lora_down/lora_up or XLabs processor weights)"
         )
+
+
+def _saved_by_torch(path: Path) -> bool:
+    """Whether ``path`` is what ``torch.save`` writes: a zip archive holding ``data.pkl``, or (the legacy format)
+    a pickle, whose first byte is pickle's PROTO opcode."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist())
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+KOHYA_LINEAR1 = re.compile(r"single_blocks[._]\d+[._]linear1\.lora_down\.weight$")  # kohya and ComfyUI keys
+
+
+def _kohya_single_block_width(path: Path) -> tuple[str, int] | None:
+    """A kohya/ComfyUI single-block ``linear1`` key of the file and the width its lora_down reads (the model's
+    hidden size), or None where the file has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        key = next((k for k in list(f.keys()) if KOHYA_LINEAR1.search(k)), None)
+        return None if key is None else (key, int(f.get_slice(key).get_shape()[-1]))
 
 
 def _diffusers_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -298,12 +330,34 @@ def _diffusers_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         state = FluxPipeline.lora_state_dict(str(path))
     except Exception as exc:
         detail = (str(exc).splitlines() or [""])[0][:200]
+        _refuse_kohya_width(path, exc)
         raise SuiteError(
             f"LoRA {path}: diffusers cannot convert this kohya/other-format file ({type(exc).__name__}"
             f"{': ' + detail if detail else ''}); its converters expect FLUX.1-dev's layer widths: is it an "
             "adapter for another model? Use an adapter made for this model, saved with diffusers or peft"
         ) from None
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _refuse_kohya_width(path: Path, exc: Exception) -> None:
+    """Name the cause when diffusers' kohya converter failed on a file whose single blocks are not FLUX.1-dev's
+    width: the converter splits ``linear1`` at FLUX.1-dev's widths, so a file made for a FLUX-architecture model of
+    another width (the tiny model's, say) fails whether or not it fits that model."""
+    found = _kohya_single_block_width(path)
+    dev = CONFIGS["full"]["transformer"]
+    width = dev["num_attention_heads"] * dev["attention_head_dim"]
+    if found is None or found[1] == width:
+        return
+    from importlib.metadata import version
+
+    key, found_width = found
+    raise SuiteError(
+        f"LoRA {path}: diffusers {version('diffusers')} cannot convert its kohya single-block keys ({key} is "
+        f"{found_width} wide; {type(exc).__name__}): its kohya converter hard-codes FLUX.1-dev's widths (a single "
+        f"block's linear1 split as q, k, v of {width} and an MLP of {4 * width}), so a kohya file for a model of "
+        "another width does not load even where it fits that model. Save the adapter in PEFT format "
+        "(transformer.<module>.lora_A/lora_B) for this model, or leave out its single-block keys"
+    ) from None
 
 
 def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLayer]:
@@ -388,12 +442,12 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
     """Raise ``LoraIncompatibleError`` naming the constraint if ``candidate`` cannot be hot-swapped in."""
     if candidate.text_encoder:
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} ({candidate.path}) has text-encoder weights: hot-swapping text-encoder "
+            f"LoRA {candidate.path} has text-encoder weights: hot-swapping text-encoder "
             "adapters is not supported by diffusers; use a transformer-only LoRA or a recipe without hot-swap"
         )
     if candidate.rank > target_rank:
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} has rank {candidate.rank} but hot-swap was prepared for rank {target_rank}: "
+            f"LoRA {candidate.path} has rank {candidate.rank} but hot-swap was prepared for rank {target_rank}: "
             f"enable_lora_hotswap(target_rank=...) must be at least the pool's max rank; pass --max-rank "
             f"{candidate.rank} or more, or leave it unset to use the pool's max rank"
         )
@@ -401,8 +455,8 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
     if extra:
         shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} targets {len(extra)} module(s) (or lora_B biases) that the first adapter "
-            f"{first.name!r} does not ({shown}): PEFT hot-swaps only into the LoRA layers the first adapter made, "
+            f"LoRA {candidate.path} targets {len(extra)} module(s) (or lora_B biases) that the first adapter "
+            f"{first.path} does not ({shown}): PEFT hot-swaps only into the LoRA layers the first adapter made, "
             "so a later adapter may target the same modules or a subset; load the adapter with the most targets "
             "first"
         )
@@ -430,8 +484,9 @@ def check_pool(pool: LoraPool, target_rank: int) -> None:
     """Every adapter fits the first one's hot-swap preparation; when none could be first, say so for the pool."""
     first = pool.adapters[0]
     if any(uncovered(first, other) for other in pool.adapters):
-        lacks = "; ".join(f"{a.name} lacks targets of {', '.join(b.name for b in pool.adapters if uncovered(a, b))}"
-                          for a in pool.adapters)
+        lacks = "; ".join(
+            f"{a.path} lacks targets of {', '.join(str(b.path) for b in pool.adapters if uncovered(a, b))}"
+            for a in pool.adapters)
         raise LoraIncompatibleError(
             f"no order of the LoRA pool can be hot-swapped: PEFT hot-swaps only into the LoRA layers the first "
             f"adapter made, and no adapter targets every module (and lora_B bias) the others do ({lacks}). Add an "
@@ -449,8 +504,8 @@ def hotswap_target_rank(pool: LoraPool, requested: int | None) -> int:
     if requested < pool.max_rank:
         biggest = max(pool.adapters, key=lambda a: a.rank)
         raise LoraIncompatibleError(
-            f"--max-rank {requested} is below the LoRA pool's max rank {pool.max_rank} ({biggest.name!r}, "
-            f"{biggest.path}): hot-swap must be prepared for the biggest adapter; pass --max-rank "
+            f"--max-rank {requested} is below the LoRA pool's max rank {pool.max_rank} ({biggest.path}): "
+            "hot-swap must be prepared for the biggest adapter; pass --max-rank "
             f"{pool.max_rank} or more, or leave it unset to use the pool's max rank"
         )
     return requested
