@@ -394,11 +394,12 @@ class PerfSession:
             self.stored_baselines  # noqa: B018 - read now: --update-baselines rewrites them as recipes finish
 
     def record_check(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        """Each test of a recipe's case leaves its outcome in the record's ``checks`` (passed, failed or skipped):
-        what a check concluded comes from pytest's report, never from a flag a test wrote by hand."""
+        """Each test of a recipe's case leaves its outcome in the record's ``checks`` (passed, failed, skipped or
+        xfailed): what a check concluded comes from pytest's report, never from a flag a test wrote by hand."""
         case = getattr(item, "funcargs", {}).get("case")
         if report.when == "call" and isinstance(case, Case):
-            case.checks[item.name.split("[")[0]] = report.outcome
+            xfailed = report.skipped and hasattr(report, "wasxfail")  # pytest reports an expected failure as skipped
+            case.checks[item.name.split("[")[0]] = "xfailed" if xfailed else report.outcome
 
     def header(self) -> list[str]:
         if self.active is None:
@@ -458,7 +459,18 @@ class PerfSession:
             kept += f" and as baselines (with their timings) in {self.baselines_to_update}"
         return f"flux-lora-perf: interrupted: {kept}; the recipe cut off and those not reached were not saved"
 
+    def findings(self) -> list[str]:
+        """What the libraries cannot do with LoRA adapters, as this run's records name it, each finding once."""
+        found = {(f.subject, f.problem): f for record in self.finished.values() for f in record.lora_findings}
+        return [f"{f.subject}: {f.problem} ({', '.join(f'{name} {v}' for name, v in f.versions.items())})"
+                for f in found.values()]
+
     def display(self, terminalreporter) -> None:
+        findings = self.findings()
+        if findings:
+            terminalreporter.section("flux-lora-perf findings (in every record's lora_findings)")
+            for line in findings:
+                terminalreporter.write_line(f"- {line}")
         if self.stopped:
             terminalreporter.write_line(self.stopped)
         if self.compare_note:

@@ -30,7 +30,8 @@ COMPLETED: Outcome = "completed"
 OUT_OF_MEMORY: Outcome = "out_of_memory"
 OVER_COMPILE_BUDGET: Outcome = "over_compile_budget"
 
-CheckOutcome = Literal["passed", "failed", "skipped"]  # what pytest's report said of a test of the recipe's case
+# what pytest's report said of a test of the recipe's case; xfailed: an expected failure naming a recorded finding
+CheckOutcome = Literal["passed", "failed", "skipped", "xfailed"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 Seconds = NonNegative
@@ -76,6 +77,17 @@ class PoolAdapter:
     synthetic: bool
     file: str | None = None  # older records lack file and hash: compared by name, rank and modules
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+@_frozen
+class LoraFinding:
+    """What the installed libraries cannot do, or do wrong, with LoRA adapters, as this run measured it (a key
+    format diffusers cannot convert at the model's widths, a hot-swap that ignores per-module ranks): recorded with
+    the versions it was measured on, so it is never hidden and its absence shows when a release fixes it."""
+
+    subject: str  # what was tried, e.g. "kohya keys for single.attn.to_q, single.proj_mlp"
+    problem: str  # what the libraries did instead
+    versions: dict[str, str]  # library -> version it was measured on
 
 
 # --- what the build chose and what the run measured ---------------------------------------------------------
@@ -314,6 +326,7 @@ class RunRecord:
     session: str | None = None  # the pytest session (all xdist workers of one run share it; older records lack)
     worker: str | None = None  # the pytest-xdist worker that ran it
     cuda_visible_devices: str | None = None
+    lora_findings: tuple[LoraFinding, ...] = ()  # what the libraries cannot do with the pool (older records lack)
     outcome: Outcome = COMPLETED
     error: str | None = None  # why the run did not complete
     checks: dict[str, CheckOutcome] = field(default_factory=dict)  # test name -> what pytest reported

@@ -36,6 +36,7 @@ from perf.judge.tolerances import EFFECT_TOLERANCE
 from perf.run.checks import image_diff
 from perf.run.churn import ChurnResult, run_churn
 from perf.run.cold_start import ColdStart
+from perf.run.hotswap_scaling import SUBJECT as HOTSWAP_SCALING
 from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, reset_peak, synchronize, time_rounds
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record
@@ -105,7 +106,7 @@ class Case:
     @property
     def swap_reference(self) -> StepReference:
         """The scenario's first swap target's fresh eager step: the probe every swap check is measured on."""
-        return self.references[self.built.spec.pool.adapters[1].name]
+        return self.references[self.swap_target.name]
 
     @property
     def effect_tolerance(self) -> float:
@@ -115,6 +116,25 @@ class Case:
     def swap_error(self) -> float:
         """The scenario's first swap, in units of the adapter's effect (0: as if loaded into a fresh pipeline)."""
         return self.controls.reference.error(self.scenario.steps_out[self.swap_reference.adapter])
+
+    @property
+    def swap_target(self) -> LoraAdapter:
+        """The scenario's first swap target: the adapter the swap check measures."""
+        return self.built.spec.pool.adapters[1]
+
+    def known_cause(self, error: float, adapter: LoraAdapter, what: str) -> str | None:
+        """Why ``error`` (``what`` measured on ``adapter``) over tolerance is expected on this stack, as an expected
+        failure's reason with the measured figure; None where it must gate. The one known cause is peft's hot-swap
+        ignoring per-module ranks and alphas, when this session's probe found it (``perf.run.hotswap_scaling``,
+        a finding of the record) and ``adapter`` has per-module ranks (its file gives peft a rank_pattern). An
+        adapter of one rank and several alphas is not recognised: its error fails the check, it is never hidden."""
+        finding = next((f for f in self.measured.lora_findings if f.subject == HOTSWAP_SCALING), None)
+        if error <= self.effect_tolerance or finding is None or len({layer.rank for layer in adapter.layers}) < 2:
+            return None
+        versions = ", ".join(f"{name} {version}" for name, version in finding.versions.items())
+        return (f"{what}: {error:.2%} of the adapter's effect is wrong (tolerance {self.effect_tolerance:.2%}), "
+                f"{adapter.name} having per-module ranks; known finding: {finding.subject}: {finding.problem} "
+                f"({versions})")
 
     @property
     def swap_back_error(self) -> float:

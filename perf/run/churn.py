@@ -17,23 +17,27 @@ from perf.run.checks import image_diff
 from perf.run.measure import timed
 from perf.run.swap_probe import StepReference, same_numerics_reference, step_output
 from perf.run.watchers import RecompileWatcher
-from perf.spec.loras import ATTENTION, LORA_VERSION, QKV, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs
+from perf.spec.loras import LORA_VERSION, LoraAdapter, LoraPool, SyntheticLoraSpec, pool_of_specs, scaled_ranks
 
 CHURN_SWAPS = 20
 
 
 def churn_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
-    """Six adapters, ranks at most the main pool's max (the hot-swap rank), every target set a subset of the
-    main pool's first adapter's (attention projections). The first is the strongest: the churn ends on it."""
-    r1, r2, r3 = (4, 8, 16) if size == "tiny" else (16, 32, 64)
+    """Six adapters in the formats people download (ComfyUI, kohya, XLabs, ai-toolkit, PEFT, a file in reverse
+    tensor order), ranks at most the main pool's max (the hot-swap rank), each a subset of the main pool's first
+    adapter's targets (every Linear). The first, in the one format the main pool lacks, is the churn's last."""
     subjects = ("a koi pond", "a mountain cabin", "a city at night", "a vintage car", "a sunflower field", "a robot")
-    shapes = (
-        (r3, r3, ATTENTION), (r1, 2 * r1, QKV), (r2, r2 / 2, ("to_q", "to_v")),
-        (r3, 2 * r3, ("to_k", "to_out.0")), (r1, r1, ATTENTION), (r2, 3 * r2, QKV),
+    attention = ("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.attn.to_out.0")
+    shapes = (  # format, ranks, alphas (None: alpha = rank), families (None: all the format has keys for)
+        ("comfyui", (8,), (4.0, 16.0), None), ("kohya", (4,), (2.0, 8.0), (*attention, "double.ff.net.0.proj")),
+        ("xlabs", (8,), None, None), ("ai_toolkit", (16, 4), (8.0,), (*attention, "single.norm.linear")),
+        ("peft", (4, 16), (12.0,), ("x_embedder", "double.norm1_context.linear", "single.attn.to_v")),
+        ("reordered", (8,), (8.0,), attention),
     )
     return tuple(
-        SyntheticLoraSpec(f"churn_{i}", rank, alpha, targets, 100 + i, f"{subject}, churn_{i}")
-        for i, (subject, (rank, alpha, targets)) in enumerate(zip(subjects, shapes, strict=True))
+        SyntheticLoraSpec(f"churn_{i}_{fmt}", fmt, scaled_ranks(ranks, size), alphas, 100 + i,
+                          f"{subject}, churn_{i}", families)
+        for i, (subject, (fmt, ranks, alphas, families)) in enumerate(zip(subjects, shapes, strict=True))
     )
 
 

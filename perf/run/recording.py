@@ -18,12 +18,14 @@ from perf.judge.record import (
     Compile,
     CudaGraphs,
     Latency,
+    LoraFinding,
     Outcome,
     PeakMemory,
     PoolAdapter,
     RunRecord,
     SwapCheck,
 )
+from perf.run.hotswap_scaling import hotswap_scaling_finding
 from perf.run.scenario import ScenarioResult
 from perf.spec.loras import LoraPool
 from perf.spec.recipes import Recipe
@@ -58,6 +60,14 @@ def pool_entries(pool: LoraPool) -> tuple[PoolAdapter, ...]:
                  for a in pool.adapters)
 
 
+def lora_findings(pool: LoraPool) -> tuple[LoraFinding, ...]:
+    """What the libraries cannot do with LoRA adapters, as this session measured it: the pool's formats diffusers
+    could not load (``perf.spec.loras.format_findings``) and peft's hot-swap ignoring per-module ranks and alphas
+    (``perf.run.hotswap_scaling``, probed once per process)."""
+    scaling = hotswap_scaling_finding()
+    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings) + ((scaling,) if scaling else ())
+
+
 def identity(recipe: Recipe, spec: RunSpec) -> RunRecord:
     """A record of ``recipe`` on ``spec`` with nothing measured yet: what it is of (recipe, profile, device, model
     source, settings, pool) and where it came from (software, source commit, command, session, date)."""
@@ -72,6 +82,7 @@ def identity(recipe: Recipe, spec: RunSpec) -> RunRecord:
         recipe=recipe,
         settings=spec.settings,
         lora_pool=pool_entries(spec.pool),
+        lora_findings=lora_findings(spec.pool),
         versions=library_versions(),
         python=sys.version.split()[0],
         date=now_iso(),

@@ -42,7 +42,8 @@ class StepInputs:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()}
 
 
-LoraState = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]]  # module -> (A, B, scaling)
+# module -> (A, B, scaling, lora_B bias or None)
+LoraState = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | float, torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,26 @@ def lora_modules(transformer: torch.nn.Module, adapter: str) -> dict[str, torch.
 
 
 def snapshot(modules: dict[str, torch.nn.Module], adapter: str, device: str | None = None) -> LoraState:
-    """Copies of each layer's A, B and scaling: what a swap writes."""
+    """Copies of each layer's A, B, scaling and lora_B bias (peft's lora_bias): what a swap writes."""
     return {
         name: (m.lora_A[adapter].weight.detach().to(device, copy=True),
-               m.lora_B[adapter].weight.detach().to(device, copy=True), _copy(m.scaling[adapter], device))
+               m.lora_B[adapter].weight.detach().to(device, copy=True), _copy(m.scaling[adapter], device),
+               _copy(m.lora_B[adapter].bias, device))
         for name, m in modules.items()
     }
 
 
 def _copy(value, device: str | None):
     return value.detach().to(device, copy=True) if isinstance(value, torch.Tensor) else value
+
+
+def _set_bias(module, adapter: str, bias: torch.Tensor | None) -> None:
+    """The layer's lora_B bias set to ``bias`` (zero where the state has none, as PEFT zeroes a missing key)."""
+    own = module.lora_B[adapter].bias
+    if own is not None:
+        own.data.zero_()
+        if bias is not None:
+            own.data.copy_(bias)
 
 
 def restore(modules: dict[str, torch.nn.Module], adapter: str, state: LoraState, only: set[str] | None = None) -> None:
@@ -140,13 +151,15 @@ def restore(modules: dict[str, torch.nn.Module], adapter: str, state: LoraState,
         if name not in state:
             a_out.zero_()
             b_out.zero_()
+            _set_bias(module, adapter, None)
             continue
-        a, b, scaling = state[name]
+        a, b, scaling, bias = state[name]
         rank = a.shape[0]
         a_out.zero_()
         b_out.zero_()
         a_out[:rank].copy_(a)
         b_out[:, :rank].copy_(b)
+        _set_bias(module, adapter, bias)
         _set_scaling(module, adapter, scaling)
 
 
@@ -160,13 +173,15 @@ def _set_scaling(module, adapter: str, value) -> None:
 def scale_all(modules: dict[str, torch.nn.Module], adapter: str, state: LoraState, factor: float) -> None:
     """Every layer's LoRA B scaled by ``factor``: the adapter's effect at the wrong strength (B rather than the
     scaling, which is a constant in a recipe compiled without hot-swap preparation)."""
-    for name, (_, b, _) in state.items():
+    for name, (_, b, _, bias) in state.items():
         modules[name].lora_B[adapter].weight.data.copy_(b * factor)
+        _set_bias(modules[name], adapter, None if bias is None else bias * factor)
 
 
 def zero_effect(modules: dict[str, torch.nn.Module], adapter: str) -> None:
     for module in modules.values():
         module.lora_B[adapter].weight.data.zero_()
+        _set_bias(module, adapter, None)
 
 
 @dataclass(frozen=True)

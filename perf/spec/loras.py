@@ -4,7 +4,8 @@ adapter gives one clear error instead of a peft stack trace or a silently empty 
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,34 +13,163 @@ import torch
 
 from perf.errors import LoraIncompatibleError, SuiteError
 from perf.spec.cache import build_once
+from perf.spec.lora_formats import (
+    DOUBLE,
+    FORMATS,
+    PEFT_FORMATS,
+    SINGLE,
+    MeantLora,
+    expressible,
+    fusion_of,
+    random_lora,
+    split_module,
+    write_lora,
+)
 from perf.spec.models import CONFIGS
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-QKV = ("to_q", "to_k", "to_v")
-LORA_VERSION = 3  # bump when the synthetic adapters change, so stale caches are rebuilt
+LORA_VERSION = 3  # bump when the synthetic adapters change, so stale caches are rebuilt (3: real-world formats)
 STRENGTH = 4.0  # std of the weight delta in units of 1/sqrt(fan_in); a default Linear weight's is ~0.58
 
 
 @dataclass(frozen=True)
 class SyntheticLoraSpec:
+    """A synthetic adapter as the suite writes it: which Linear families it adapts (None: every Linear the format
+    has keys for), in which file format, with per-module ranks and alphas cycling through ``ranks`` and
+    ``alphas`` over its fused groups (``alphas`` None: alpha = rank, as in files without alphas).
+
+    One adapter mixes ranks, or alphas, not both where peft must derive an ``alpha_pattern`` that differs from
+    another adapter's: peft refuses to hot-swap those (``hotswap_findings``). So PEFT and ai-toolkit files mix
+    ranks under one alpha, kohya files mix alphas (baked into the weights) under one rank."""
+
     name: str
-    rank: int
-    alpha: float
-    targets: tuple[str, ...]
+    format: str  # one of perf.spec.lora_formats.FORMATS
+    ranks: tuple[int, ...]
+    alphas: tuple[float, ...] | None
     seed: int
     prompt: str
+    families: tuple[str, ...] | None = None  # perf.spec.loras.family names; None: all the format can express
+    bias: bool = False  # a lora_B bias on every module (PEFT-format files)
+
+    @property
+    def rank(self) -> int:
+        return max(self.ranks)
+
+
+def family(module: str) -> str:
+    """A Linear's family: its name inside a block, with the block's kind (``double.attn.to_q``,
+    ``single.proj_out``), or its own name at the top level (``proj_out``, ``x_embedder``)."""
+    kind, _, local = split_module(module)
+    return {DOUBLE: "double.", SINGLE: "single.", "": ""}[kind] + local
+
+
+def scaled_ranks(ranks: tuple[int, ...], size: str) -> tuple[int, ...]:
+    """The tiny model's ranks; four times them at full size (FLUX.1-dev adapters are rank 16-128)."""
+    return ranks if size == "tiny" else tuple(4 * r for r in ranks)
 
 
 def synthetic_specs(size: str) -> tuple[SyntheticLoraSpec, ...]:
-    """Three adapters: the first targets the most modules (hot-swapped adapters may only target a subset);
-    ranks rise so the pool's max rank is not the first adapter's; alphas differ so scales differ."""
-    r1, r2, r3 = (4, 8, 16) if size == "tiny" else (16, 32, 64)
+    """The main pool, one adapter per format family people download. The first adapts every Linear of the model
+    (hot-swapped adapters may only target a subset of the first one's modules: ``order_for_hotswap``) and carries
+    a lora_B bias; the others are kohya (``lora_unet_*`` + ``.alpha``), XLabs (``processor.*``) and an ai-toolkit
+    file (``transformer.*`` + ``.alpha``, no metadata) with its tensors in reverse order. ComfyUI and the other
+    formats are in the churn; BFL ``lora_A``/``lora_B`` files are a finding (``format_findings``)."""
     return (
-        SyntheticLoraSpec("style_a", r1, r1, ATTENTION, 1, "a red fox in the snow, style_a"),
-        SyntheticLoraSpec("style_b", r2, 2 * r2, QKV, 2, "a lighthouse at dusk, style_b"),
-        SyntheticLoraSpec("style_c", r3, r3 / 2, ATTENTION, 3, "a bowl of ramen, style_c"),
+        SyntheticLoraSpec("peft_all", "peft", scaled_ranks((4, 2, 8), size), (6.0,), 1,
+                          "a red fox in the snow, peft_all", bias=True),
+        SyntheticLoraSpec("kohya", "kohya", scaled_ranks((8,), size), (8.0, 3.0, 16.0, 4.0), 2,
+                          "a lighthouse at dusk, kohya"),
+        SyntheticLoraSpec("xlabs", "xlabs", scaled_ranks((16,), size), None, 3, "a bowl of ramen, xlabs"),
+        SyntheticLoraSpec("ai_toolkit_reordered", "reordered", scaled_ranks((2, 8, 4), size), (3.0,), 4,
+                          "a paper boat on a lake, ai_toolkit_reordered",
+                          families=("double.attn.to_q", "double.attn.to_k", "double.attn.to_v", "double.ff.net.2",
+                                    "single.proj_mlp", "single.proj_out", "proj_out", "context_embedder",
+                                    "x_embedder")),
     )
+
+
+def meant_lora(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]],
+               excluded: frozenset[str] = frozenset()) -> MeantLora:
+    """``spec``'s adapter as meant, for the Linears ``shapes`` lists (out, in by module) less the ``excluded``
+    families. Seeded, never zero: B is random too, scaled so each module's delta has std ``STRENGTH``/sqrt(fan_in),
+    about 7x a default-initialized weight: a random FLUX barely moves its image for smaller deltas (0.9x gave
+    0.012 mean abs on the H100), and the swap checks need adapters whose images differ well beyond bf16 noise.
+    The modules of one fused group of the format share a rank and an alpha (XLabs: one A too), as the format
+    stores them."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    chosen = {m: s for m, s in shapes.items() if expressible(m, spec.format) and family(m) not in excluded
+              and (spec.families is None or family(m) in spec.families)}
+    meant = {}
+    for i, (_, modules) in enumerate(sorted(fused_modules(chosen, spec.format).items())):
+        rank = spec.ranks[i % len(spec.ranks)]
+        alpha = rank if spec.alphas is None else spec.alphas[i % len(spec.alphas)]
+        shared = None
+        for module in modules:
+            out_f, in_f = chosen[module]
+            meant[module] = random_lora(out_f, in_f, rank, alpha, gen, STRENGTH, spec.bias, shared)
+            shared = meant[module].a if spec.format == "xlabs" else None
+    return meant
+
+
+def fused_modules(modules, fmt: str) -> dict[str, list[str]]:
+    """``modules`` grouped as ``fmt`` stores them: one group per fused Linear of kohya, ComfyUI, BFL and XLabs
+    files, one per module in PEFT-format files."""
+    groups: dict[str, list[str]] = {}
+    for module in sorted(modules):
+        fused = None if fmt in PEFT_FORMATS else fusion_of(module, "xlabs" if fmt == "xlabs" else "bfl")
+        groups.setdefault(fused[0] if fused else module, []).append(module)
+    return groups
+
+
+@dataclass(frozen=True)
+class FormatFinding:
+    """What diffusers cannot do with a format's keys for some Linear families at this model's widths, measured
+    each time a pool is made (one file per fused group of the first block of each kind, converted with
+    ``FluxPipeline.lora_state_dict``): the pool leaves those keys out of its adapter of that format, and every
+    record names the finding, so the gap is in the open and closes by itself when diffusers fixes it."""
+
+    format: str
+    families: tuple[str, ...]
+    problem: str
+    versions: dict[str, str]  # library -> version it was measured on
+
+    @property
+    def subject(self) -> str:
+        return f"{self.format} keys for {', '.join(self.families)}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("diffusers", "peft", "torch")}
+
+
+def format_findings(fmt: str, shapes: dict[str, tuple[int, int]]) -> tuple[FormatFinding, ...]:
+    """Each fused group of ``fmt`` (in the first double and single block, and at the top level) written alone
+    and read as diffusers loads it: a group it cannot convert, or converts to modules it does not load, is a
+    finding."""
+    import tempfile
+
+    from diffusers import FluxPipeline
+
+    probe = SyntheticLoraSpec("probe", fmt, (4,), None, 0, "")
+    firsts = {m: s for m, s in shapes.items() if split_module(m)[1] in (None, 0) and expressible(m, fmt)}
+    failed: dict[str, list[str]] = {}  # problem -> families
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (_, modules) in enumerate(sorted(fused_modules(firsts, fmt).items())):
+            families = sorted({family(m) for m in modules})
+            meant = meant_lora(dataclasses.replace(probe, families=tuple(families)), {m: firsts[m] for m in modules})
+            path = write_lora(meant, fmt, Path(folder) / f"{i}.safetensors")
+            try:
+                converted = FluxPipeline.lora_state_dict(str(path))
+            except Exception as exc:  # diffusers' converters fail with bare assertions and key errors
+                failed.setdefault(f"diffusers cannot convert them ({type(exc).__name__})", []).extend(families)
+                continue
+            loaded = {layer.module for layer in _transformer_layers({k: tuple(v.shape) for k, v in converted.items()})}
+            if set(meant) - loaded:
+                failed.setdefault("diffusers converts them to keys load_lora_weights ignores, so it loads nothing "
+                                  "into those modules, silently", []).extend(families)
+    return tuple(FormatFinding(fmt, tuple(families), problem, _versions()) for problem, families in failed.items())
 
 
 @dataclass(frozen=True)
@@ -51,6 +181,7 @@ class LoraLayer:
     rank: int
     in_features: int
     out_features: int | None  # None: the file has no lora_B for it
+    bias: bool = False  # the file has a lora_B bias for it (peft's lora_bias)
 
 
 @dataclass(frozen=True)
@@ -69,10 +200,15 @@ class LoraAdapter:
     def modules(self) -> frozenset[str]:
         return frozenset(layer.module for layer in self.layers)
 
+    @property
+    def bias_modules(self) -> frozenset[str]:
+        return frozenset(layer.module for layer in self.layers if layer.bias)
+
 
 @dataclass(frozen=True)
 class LoraPool:
     adapters: tuple[LoraAdapter, ...]
+    findings: tuple[FormatFinding, ...] = ()  # what diffusers could not load of the synthetic formats
 
     @property
     def max_rank(self) -> int:
@@ -94,47 +230,6 @@ def transformer_linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 
     with torch.device("meta"):
         return linear_shapes(FluxTransformer2DModel.from_config(config))
-
-
-def _matches(module: str, targets: tuple[str, ...]) -> bool:
-    return any(module == t or module.endswith("." + t) for t in targets)
-
-
-def lora_layers(spec: SyntheticLoraSpec, shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
-    """``spec``'s peft-format LoRA weights for the Linears ``shapes`` lists. Seeded, never zero: B is random too,
-    scaled so the adapter's weight delta has std ``STRENGTH``/sqrt(fan_in), about 7x a default-initialized
-    weight: a random FLUX barely moves its image for smaller deltas (0.9x gave 0.012 mean abs on the H100),
-    and the swap checks need adapters whose images differ well beyond bf16 noise."""
-    gen = torch.Generator().manual_seed(spec.seed)
-    layers = {}
-    for module, (out_f, in_f) in shapes.items():
-        if not _matches(module, spec.targets):
-            continue
-        a = torch.randn(spec.rank, in_f, generator=gen) / math.sqrt(in_f)
-        b = torch.randn(out_f, spec.rank, generator=gen) * (STRENGTH * math.sqrt(spec.rank) / spec.alpha)
-        layers[f"{module}.lora_A.weight"] = a.to(torch.bfloat16)
-        layers[f"{module}.lora_B.weight"] = b.to(torch.bfloat16)
-    return layers
-
-
-def lora_metadata(spec: SyntheticLoraSpec) -> dict:
-    """The adapter config diffusers needs to load ``spec``'s layers (rank, alpha, targets). The empty rank and
-    alpha patterns are part of it: diffusers 0.35-0.37 read ``config["rank_pattern"]`` from the metadata and fail
-    every load with a KeyError without them (later versions fill them in)."""
-    return {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets), "rank_pattern": {},
-            "alpha_pattern": {}}
-
-
-def write_synthetic_lora(spec: SyntheticLoraSpec, size: str, folder: Path) -> Path:
-    """Save ``spec`` for the transformer of ``size`` as a diffusers LoRA (peft keys + adapter metadata)."""
-    from diffusers import FluxPipeline
-
-    layers = lora_layers(spec, transformer_linear_shapes(CONFIGS[size]["transformer"]))
-    build_once(folder, WEIGHT_NAME, lambda staging: FluxPipeline.save_lora_weights(
-        staging, transformer_lora_layers=layers, weight_name=WEIGHT_NAME,
-        transformer_lora_adapter_metadata=lora_metadata(spec),
-    ))
-    return folder / WEIGHT_NAME
 
 
 def inspect_lora(path: Path, name: str, prompt: str, synthetic: bool = False) -> LoraAdapter:
@@ -183,14 +278,46 @@ def _check_lora_tensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+        if _saved_by_torch(path):
+            raise SuiteError(
+                f"LoRA {path}: a PyTorch file (torch.save, as pytorch_lora_weights.bin is), but only safetensors "
+                "adapter files are supported; convert it once: python -c \"import torch, safetensors.torch as st; "
+                f"st.save_file(torch.load('{path}', weights_only=True), '{path.with_suffix('.safetensors')}')\""
+            ) from None
         raise SuiteError(
             f"LoRA {path}: not a readable safetensors file ({exc}); is it truncated? Download or save it again"
         ) from exc
-    if not any(".lora_A." in k or ".lora_down." in k for k in keys):
+    if not any(".lora_A." in k or ".lora_down." in k or (".processor." in k and k.endswith(".down.weight"))
+               for k in keys):
         raise SuiteError(
             f"LoRA {path}: not a LoRA (no lora_A/lora_down weights among {len(keys)} tensors); pass a LoRA "
-            "adapter file (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up weights)"
+            "adapter file (diffusers/peft lora_A/lora_B, kohya lora_down/lora_up or XLabs processor weights)"
         )
+
+
+def _saved_by_torch(path: Path) -> bool:
+    """Whether ``path`` is what ``torch.save`` writes: a zip archive holding ``data.pkl``, or (the legacy format)
+    a pickle, whose first byte is pickle's PROTO opcode."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist())
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+KOHYA_LINEAR1 = re.compile(r"single_blocks[._]\d+[._]linear1\.lora_down\.weight$")  # kohya and ComfyUI keys
+
+
+def _kohya_single_block_width(path: Path) -> tuple[str, int] | None:
+    """A kohya/ComfyUI single-block ``linear1`` key of the file and the width its lora_down reads (the model's
+    hidden size), or None where the file has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        key = next((k for k in list(f.keys()) if KOHYA_LINEAR1.search(k)), None)
+        return None if key is None else (key, int(f.get_slice(key).get_shape()[-1]))
 
 
 def _diffusers_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -203,12 +330,34 @@ def _diffusers_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         state = FluxPipeline.lora_state_dict(str(path))
     except Exception as exc:
         detail = (str(exc).splitlines() or [""])[0][:200]
+        _refuse_kohya_width(path, exc)
         raise SuiteError(
             f"LoRA {path}: diffusers cannot convert this kohya/other-format file ({type(exc).__name__}"
             f"{': ' + detail if detail else ''}); its converters expect FLUX.1-dev's layer widths: is it an "
             "adapter for another model? Use an adapter made for this model, saved with diffusers or peft"
         ) from None
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _refuse_kohya_width(path: Path, exc: Exception) -> None:
+    """Name the cause when diffusers' kohya converter failed on a file whose single blocks are not FLUX.1-dev's
+    width: the converter splits ``linear1`` at FLUX.1-dev's widths, so a file made for a FLUX-architecture model of
+    another width (the tiny model's, say) fails whether or not it fits that model."""
+    found = _kohya_single_block_width(path)
+    dev = CONFIGS["full"]["transformer"]
+    width = dev["num_attention_heads"] * dev["attention_head_dim"]
+    if found is None or found[1] == width:
+        return
+    from importlib.metadata import version
+
+    key, found_width = found
+    raise SuiteError(
+        f"LoRA {path}: diffusers {version('diffusers')} cannot convert its kohya single-block keys ({key} is "
+        f"{found_width} wide; {type(exc).__name__}): its kohya converter hard-codes FLUX.1-dev's widths (a single "
+        f"block's linear1 split as q, k, v of {width} and an MLP of {4 * width}), so a kohya file for a model of "
+        "another width does not load even where it fits that model. Save the adapter in PEFT format "
+        "(transformer.<module>.lora_A/lora_B) for this model, or leave out its single-block keys"
+    ) from None
 
 
 def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLayer]:
@@ -219,26 +368,47 @@ def _transformer_layers(shapes: dict[str, tuple[int, ...]]) -> frozenset[LoraLay
         return {k.removeprefix(TRANSFORMER_PREFIX).removesuffix(suffix): s for k, s in shapes.items()
                 if k.startswith(TRANSFORMER_PREFIX) and k.endswith(suffix)}
 
-    b = by_module(b_suffix)
+    b, bias = by_module(b_suffix), by_module(".lora_B.bias")
     return frozenset(
-        LoraLayer(module, int(a[0]), int(a[-1]), int(b[module][0]) if module in b else None)
+        LoraLayer(module, int(a[0]), int(a[-1]), int(b[module][0]) if module in b else None, module in bias)
         for module, a in by_module(a_suffix).items()
     )
 
 
+def synthetic_meant(spec: SyntheticLoraSpec, size: str) -> MeantLora:
+    """``spec``'s adapter as the pool writes it for ``size``: without the families its format cannot load there."""
+    shapes = transformer_linear_shapes(CONFIGS[size]["transformer"])
+    return meant_lora(spec, shapes, excluded_families(format_findings(spec.format, shapes)))
+
+
+def excluded_families(findings: tuple[FormatFinding, ...]) -> frozenset[str]:
+    return frozenset(f for finding in findings for f in finding.families)
+
+
 def pool_of_specs(specs: tuple[SyntheticLoraSpec, ...], size: str, folder: Path) -> LoraPool:
-    """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file."""
+    """Synthetic adapters written once under ``folder/<name>/`` and read back like any user file, each without
+    the keys diffusers cannot load at this size (``format_findings``: every format is probed, the pool's or not,
+    and the findings travel with the pool into every record)."""
+    shapes = transformer_linear_shapes(CONFIGS[size]["transformer"])
+    findings = {fmt: format_findings(fmt, shapes) for fmt in FORMATS}
     adapters = []
     for spec in specs:
-        path = folder / spec.name / WEIGHT_NAME
-        if not path.is_file():
-            path = write_synthetic_lora(spec, size, folder / spec.name)
-        adapters.append(inspect_lora(path, spec.name, spec.prompt, synthetic=True))
-    return LoraPool(tuple(adapters))
+        excluded = excluded_families(findings[spec.format])
+        where = folder / (spec.name + (f"-without-{_digest(sorted(excluded))}" if excluded else ""))
+        meant = meant_lora(spec, shapes, excluded)
+        build_once(where, WEIGHT_NAME, lambda staging, m=meant, f=spec.format: write_lora(m, f, staging / WEIGHT_NAME))
+        adapters.append(inspect_lora(where / WEIGHT_NAME, spec.name, spec.prompt, synthetic=True))
+    return order_for_hotswap(LoraPool(tuple(adapters), tuple(f for fmt in FORMATS for f in findings[fmt])))
 
 
 def synthetic_pool(size: str, cache: Path) -> LoraPool:
     return pool_of_specs(synthetic_specs(size), size, cache / "loras" / f"synthetic-{size}-v{LORA_VERSION}")
+
+
+def _digest(parts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
 
 
 def user_pool(specs: list[str], prompt: str) -> LoraPool:
@@ -262,7 +432,7 @@ REAL_LORA_PROMPT = "a photo of a cat holding a sign that says hello world"
 
 def pool_for(specs: list[str], size: str, cache: Path) -> LoraPool:
     """The user's adapters (``--lora``) or the synthetic pool for the model size; at least two to swap between."""
-    pool = user_pool(specs, REAL_LORA_PROMPT) if specs else synthetic_pool(size, cache)
+    pool = order_for_hotswap(user_pool(specs, REAL_LORA_PROMPT)) if specs else synthetic_pool(size, cache)
     if len(pool.adapters) < 2:
         raise SuiteError("the LoRA pool needs at least two adapters to swap between; pass --lora twice or more")
     return pool
@@ -272,29 +442,58 @@ def check_hotswap(first: LoraAdapter, candidate: LoraAdapter, target_rank: int) 
     """Raise ``LoraIncompatibleError`` naming the constraint if ``candidate`` cannot be hot-swapped in."""
     if candidate.text_encoder:
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} ({candidate.path}) has text-encoder weights: hot-swapping text-encoder "
+            f"LoRA {candidate.path} has text-encoder weights: hot-swapping text-encoder "
             "adapters is not supported by diffusers; use a transformer-only LoRA or a recipe without hot-swap"
         )
     if candidate.rank > target_rank:
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} has rank {candidate.rank} but hot-swap was prepared for rank {target_rank}: "
+            f"LoRA {candidate.path} has rank {candidate.rank} but hot-swap was prepared for rank {target_rank}: "
             f"enable_lora_hotswap(target_rank=...) must be at least the pool's max rank; pass --max-rank "
             f"{candidate.rank} or more, or leave it unset to use the pool's max rank"
         )
-    extra = sorted(candidate.modules - first.modules)
+    extra = uncovered(first, candidate)
     if extra:
         shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise LoraIncompatibleError(
-            f"LoRA {candidate.name!r} targets {len(extra)} module(s) that the first adapter {first.name!r} does "
-            f"not ({shown}): a hot-swapped adapter may only target the same modules as the first one or a "
-            "subset; load the adapter with the most targets first"
+            f"LoRA {candidate.path} targets {len(extra)} module(s) (or lora_B biases) that the first adapter "
+            f"{first.path} does not ({shown}): PEFT hot-swaps only into the LoRA layers the first adapter made, "
+            "so a later adapter may target the same modules or a subset; load the adapter with the most targets "
+            "first"
         )
 
 
+def uncovered(first: LoraAdapter, candidate: LoraAdapter) -> list[str]:
+    """What ``candidate`` needs that hot-swapping into ``first``'s layers cannot give: modules ``first`` has no
+    LoRA layer for, and lora_B biases where ``first``'s layer has none (peft's ``hotswap_adapter_from_state_dict``
+    refuses both as unexpected keys; missing ones it zeroes)."""
+    return sorted(candidate.modules - first.modules) + sorted(
+        f"{m} (lora_B bias)" for m in candidate.bias_modules - first.bias_modules)
+
+
+def order_for_hotswap(pool: LoraPool) -> LoraPool:
+    """The pool with an adapter that covers all the others first (the first of them in the given order), so every
+    other one can be hot-swapped into its layers; unchanged when none does (``check_pool`` then says why no order
+    works, for the recipes that hot-swap)."""
+    for i, adapter in enumerate(pool.adapters):
+        if not any(uncovered(adapter, other) for other in pool.adapters):
+            return dataclasses.replace(pool, adapters=(adapter, *pool.adapters[:i], *pool.adapters[i + 1:]))
+    return pool
+
+
 def check_pool(pool: LoraPool, target_rank: int) -> None:
-    """Every adapter fits the first one's hot-swap preparation."""
+    """Every adapter fits the first one's hot-swap preparation; when none could be first, say so for the pool."""
+    first = pool.adapters[0]
+    if any(uncovered(first, other) for other in pool.adapters):
+        lacks = "; ".join(
+            f"{a.path} lacks targets of {', '.join(str(b.path) for b in pool.adapters if uncovered(a, b))}"
+            for a in pool.adapters)
+        raise LoraIncompatibleError(
+            f"no order of the LoRA pool can be hot-swapped: PEFT hot-swaps only into the LoRA layers the first "
+            f"adapter made, and no adapter targets every module (and lora_B bias) the others do ({lacks}). Add an "
+            "adapter that covers them all, or run the recipes without hot-swap"
+        )
     for adapter in pool.adapters:
-        check_hotswap(pool.adapters[0], adapter, target_rank)
+        check_hotswap(first, adapter, target_rank)
 
 
 def hotswap_target_rank(pool: LoraPool, requested: int | None) -> int:
@@ -305,8 +504,8 @@ def hotswap_target_rank(pool: LoraPool, requested: int | None) -> int:
     if requested < pool.max_rank:
         biggest = max(pool.adapters, key=lambda a: a.rank)
         raise LoraIncompatibleError(
-            f"--max-rank {requested} is below the LoRA pool's max rank {pool.max_rank} ({biggest.name!r}, "
-            f"{biggest.path}): hot-swap must be prepared for the biggest adapter; pass --max-rank "
+            f"--max-rank {requested} is below the LoRA pool's max rank {pool.max_rank} ({biggest.path}): "
+            "hot-swap must be prepared for the biggest adapter; pass --max-rank "
             f"{pool.max_rank} or more, or leave it unset to use the pool's max rank"
         )
     return requested

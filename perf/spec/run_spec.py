@@ -27,8 +27,9 @@ def add_run_options(add: Callable[..., object]) -> None:
         "embedded synthetic model (synthetic-tiny on CPU, synthetic-full on GPUs). Also: synthetic-tiny, "
         "synthetic-full.")
     add("--lora", action="append", default=[], metavar="PATH_OR_ID",
-        help="LoRA adapter file, folder or hub id; repeat for a pool (the first must target the most modules). "
-        "Default: the synthetic pool of three adapters of rising rank.")
+        help="LoRA adapter file, folder or hub id; repeat for a pool (one that targets every module the others do is "
+        "loaded first, for hot-swap). Default: the synthetic pool of four adapters in the kohya, XLabs, PEFT and "
+        "ai-toolkit formats, covering every Linear of the transformer.")
     add("--max-rank", type=positive_int, default=None,
         help="hot-swap target rank passed to enable_lora_hotswap, at least the pool's max rank (default: the "
         "pool's max rank).")

@@ -29,7 +29,8 @@ import torch
 
 from perf.build.builder import quantize_fp8
 from perf.run.measure import time_rounds
-from perf.spec.loras import ATTENTION, SyntheticLoraSpec, linear_shapes, lora_layers, lora_metadata
+from perf.spec.lora_formats import format_tensors, lora_config
+from perf.spec.loras import SyntheticLoraSpec, linear_shapes, meant_lora
 from perf.spec.models import CONFIGS, transformer_step_inputs
 
 BACKENDS = ("eager", "aot_eager", "inductor")
@@ -61,11 +62,16 @@ def build(double: int, single: int, device: str, fp8: bool, lora: bool, inductor
             quant_api._check_hardware_support = lambda granularity: None
         quantize_fp8(model, set_inductor_config=inductor_config)
     if lora:
-        spec = SyntheticLoraSpec("probe", rank=8, alpha=8, targets=ATTENTION, seed=1, prompt="")
-        layers = {name: w.to(device) for name, w in lora_layers(spec, linear_shapes(model)).items()}
+        spec = SyntheticLoraSpec("probe", "peft", (8,), (1,), 1, "", families=ATTENTION)
+        meant = meant_lora(spec, linear_shapes(model))
+        layers = {k.removeprefix("transformer."): w.to(device) for k, w in format_tensors(meant, "peft").items()}
         model.enable_lora_hotswap(target_rank=2 * spec.rank)
-        model.load_lora_adapter(layers, prefix=None, adapter_name="default_0", metadata=lora_metadata(spec))
+        model.load_lora_adapter(layers, prefix=None, adapter_name="default_0", metadata=lora_config(meant))
     return model
+
+
+ATTENTION = (*(f"{kind}.attn.{p}" for kind in ("double", "single") for p in ("to_q", "to_k", "to_v")),
+             "double.attn.to_out.0")  # every attention projection (perf.spec.loras.family names)
 
 
 class TimedBackend:

@@ -41,6 +41,9 @@ def test_hotswapped_adapter_acts_as_if_loaded_into_a_fresh_pipeline(case):
     if not case.recipe.hotswap:
         pytest.skip(f"{case.recipe.name} does not hot-swap")
     assert case.scenario.probe_recompiles == 0, f"probing compiled {case.scenario.probe_recompiles} graph(s)"
+    known = case.known_cause(case.swap_error, case.swap_target, f"after hot-swapping to {case.swap_target.name}")
+    if known:
+        pytest.xfail(known)
     assert case.swap_error <= case.effect_tolerance, (
         f"after hot-swapping to {case.swap_reference.adapter}, {case.swap_error:.2%} of the adapter's effect is "
         f"wrong (tolerance {case.effect_tolerance:.2%}; figures in the record's swap_check)"
@@ -48,8 +51,15 @@ def test_hotswapped_adapter_acts_as_if_loaded_into_a_fresh_pipeline(case):
 
 
 def test_swapping_back_restores_the_first_adapter(case):
+    """A's step after the swaps is A's step before them. Where this session's probe found peft's hot-swap ignoring
+    per-module ranks (a finding of the record) and A has them, an error over tolerance is an expected failure
+    naming the finding and the figure; without the finding it fails like any other."""
     if not case.recipe.hotswap:
         pytest.skip(f"{case.recipe.name} does not hot-swap")
+    first = case.built.first
+    known = case.known_cause(case.swap_back_error, first, f"swapping back to {first.name}")
+    if known:
+        pytest.xfail(known)
     assert case.swap_back_error <= case.effect_tolerance, (
         f"swapping back to {case.built.first.name} changed its step by {case.swap_back_error:.2%} of an adapter's "
         f"effect (tolerance {case.effect_tolerance:.2%})"

@@ -33,7 +33,7 @@ def tiny_source(cpu_profile: ActiveProfile) -> ModelSource:
 
 @pytest.fixture(scope="session")
 def tiny_pool(tiny_cache: Path) -> LoraPool:
-    """style_a (r4, to_q/k/v/out.0), style_b (r8, to_q/k/v only), style_c (r16, to_q/k/v/out.0)."""
+    """peft_all (every Linear, lora_B bias), kohya, xlabs, ai_toolkit_reordered (``perf.spec.loras``)."""
     return synthetic_pool("tiny", tiny_cache)
 
 

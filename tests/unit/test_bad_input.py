@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,38 +41,41 @@ def hotswap_pipeline(spec, first=None) -> BuiltPipeline:
 
 
 def test_lora_above_the_hotswap_target_rank_is_refused_and_the_pipeline_keeps_working(tiny_spec, tiny_pool):
-    """A rank-16 adapter cannot be swapped into slots padded for rank 8: the error names both ranks and the
-    option that fixes it, and is raised before peft touches the weights, so the next image is bitwise the one
+    """A rank-16 adapter (xlabs) cannot be swapped into slots padded for rank 8: the error names both ranks and
+    the option that fixes it, and is raised before peft touches the weights, so the next image is bitwise the one
     generated before the failed swap."""
-    style_a, _, style_c = tiny_pool.adapters
+    first, xlabs = tiny_pool.adapters[0], next(a for a in tiny_pool.adapters if a.name == "xlabs")
     built = hotswap_pipeline(dataclasses.replace(tiny_spec, max_rank=8))
     before = built.generate()
 
     with pytest.raises(LoraIncompatibleError, match=r"rank 16 but hot-swap was prepared for rank 8.*--max-rank 16"):
-        built.load_adapter(style_c)
+        built.load_adapter(xlabs)
 
-    assert built.current is style_a
+    assert built.current is first
     np.testing.assert_array_equal(built.generate(), before)
 
 
 def test_lora_targeting_modules_the_first_adapter_did_not_is_refused_and_the_pipeline_keeps_working(
     tiny_spec, tiny_pool
 ):
-    """Hot-swap can only replace weights in modules the first adapter created: style_a adds to_out.0 to
-    style_b's to_q/k/v, so swapping it in after style_b is refused, naming the module and the ordering fix."""
-    style_a, style_b, _ = tiny_pool.adapters
-    built = hotswap_pipeline(tiny_spec, first=style_b)
+    """Hot-swap can only replace weights in modules the first adapter created: the ai-toolkit file adds the
+    top-level context_embedder, proj_out and x_embedder and a single block's proj_mlp to kohya's, so swapping it
+    in after kohya is refused, naming the modules and the ordering fix."""
+    by_name = {a.name: a for a in tiny_pool.adapters}
+    kohya, ai_toolkit = by_name["kohya"], by_name["ai_toolkit_reordered"]
+    built = hotswap_pipeline(tiny_spec, first=kohya)
     before = built.generate()
 
     with pytest.raises(
         LoraIncompatibleError,
-        match=r"targets 1 module\(s\) that the first adapter 'style_b' does not "
-        r"\(transformer_blocks\.0\.attn\.to_out\.0\)"
-        r".*same modules as the first one or a subset; load the adapter with the most targets first",
+        match=rf"targets 4 module\(s\) \(or lora_B biases\) that the first adapter {re.escape(str(kohya.path))} "
+        r"does not "
+        r"\(context_embedder, proj_out, single_transformer_blocks\.0\.proj_mlp, x_embedder\)"
+        r".*same modules or a subset; load the adapter with the most targets first",
     ):
-        built.load_adapter(style_a)
+        built.load_adapter(ai_toolkit)
 
-    assert built.current is style_b
+    assert built.current is kohya
     np.testing.assert_array_equal(built.generate(), before)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fake_records import example_record
 from suite_run import ROOT, disk_state, run_pytest
-from test_user_errors import MAX_LINES, lora_file, pool_args, refused
+from test_user_errors import BASELINES, MAX_LINES, lora_file, pool_args, refused_unchanged
 from test_verdict_inputs import SAMPLES, write_folder
 
 from perf.judge.baseline_files import read_records, record_path, write_record
@@ -23,18 +23,6 @@ from perf.judge.compare import main as compare_main
 from perf.judge.record import PoolAdapter
 from perf.report.report import main as report_main
 from perf.session import verdict_lines
-
-BASELINES = ROOT / "baselines"
-
-
-def refused_unchanged(tmp_path: Path, *args: str, watched: tuple[Path, ...] = ()) -> str:
-    """``refused`` (exit 4, one ERROR line, under 30 lines, no pipeline built), and no file under ``tmp_path``,
-    the repository's baselines or ``watched`` created, changed or removed."""
-    folders = (tmp_path, BASELINES, *watched)
-    before = disk_state(*folders)
-    output = refused(tmp_path, *args)
-    assert disk_state(*folders) == before, output
-    return output
 
 
 def a_file(tmp_path: Path) -> Path:

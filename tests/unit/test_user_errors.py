@@ -5,13 +5,14 @@ written to the cache only by a build)."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
 from fake_records import example_record
 from safetensors.torch import save_file
-from suite_run import run_pytest
+from suite_run import ROOT, disk_state, run_pytest
 
 from perf.errors import LoraIncompatibleError
 from perf.judge.baseline_files import write_record
@@ -59,6 +60,19 @@ def refused(tmp_path: Path, *args: str) -> str:
     return output
 
 
+BASELINES = ROOT / "baselines"
+
+
+def refused_unchanged(tmp_path: Path, *args: str, watched: tuple[Path, ...] = ()) -> str:
+    """``refused`` (exit 4, one ERROR line, under 30 lines, no pipeline built), and no file under ``tmp_path``,
+    the repository's baselines or ``watched`` created, changed or removed."""
+    folders = (tmp_path, BASELINES, *watched)
+    before = disk_state(*folders)
+    output = refused(tmp_path, *args)
+    assert disk_state(*folders) == before, output
+    return output
+
+
 def pool_args(*paths: Path) -> list[str]:
     return [arg for path in paths for arg in ("--lora", str(path))]
 
@@ -73,12 +87,14 @@ def test_rank_above_max_rank_says_to_pass_at_least_the_pools_max(tmp_path):
     assert "pass --max-rank 16 or more, or leave it unset" in output
 
 
-def test_second_adapter_with_targets_the_first_lacks(tmp_path):
+def test_a_pool_no_order_can_hot_swap(tmp_path):
+    """q/k and k/v: each targets a module the other lacks, so neither can be loaded first (a pool where one
+    covers the others is reordered instead: tests/unit/test_lora_formats.py)."""
     first = lora_file(tmp_path / "a.safetensors", QKV[:2])
-    second = lora_file(tmp_path / "b.safetensors", QKV)
+    second = lora_file(tmp_path / "b.safetensors", QKV[1:])
     output = refused(tmp_path, *pool_args(first, second))
-    assert "targets 1 module(s) that the first adapter 'lora0' does not (transformer_blocks.0.attn.to_v)" in output
-    assert "load the adapter with the most targets first" in output
+    assert "no order of the LoRA pool can be hot-swapped" in output
+    assert "Add an adapter that covers them all" in output
 
 
 def test_adapter_with_text_encoder_weights(tmp_path):
@@ -90,7 +106,7 @@ def test_adapter_with_text_encoder_weights(tmp_path):
         f"{TEXT_ENCODER_Q}.lora_A.weight": torch.randn(4, 32), f"{TEXT_ENCODER_Q}.lora_B.weight": torch.randn(32, 4),
     }, str(with_te))
     output = refused(tmp_path, *pool_args(first, with_te))
-    assert f"LoRA 'lora1' ({with_te}) has text-encoder weights" in output
+    assert f"LoRA {with_te} has text-encoder weights" in output
 
 
 @pytest.mark.parametrize(
@@ -123,12 +139,35 @@ def test_adapter_for_another_model_names_module_and_both_shapes(tmp_path):
             "synthetic-tiny: an adapter for another model?") in output
 
 
-def test_kohya_file_diffusers_cannot_convert(tmp_path):
-    """diffusers' kohya converter hard-codes FLUX.1-dev's widths: on the tiny model's it fails with a bare
-    AssertionError, reported here with the file."""
+def test_a_kohya_file_that_fits_the_model_names_diffusers_hard_coded_widths(tmp_path):
+    """diffusers' kohya converter hard-codes FLUX.1-dev's widths: a single-block file made for the tiny model's
+    (which fits it) fails with a bare AssertionError; the message names that cause, not another model."""
     kohya = kohya_single_block_file(tmp_path / "kohya.safetensors", width=32)
-    output = refused(tmp_path, *pool_args(kohya, lora_file(tmp_path / "a.safetensors")))
-    assert f"LoRA {kohya}: diffusers cannot convert this kohya/other-format file (AssertionError)" in output
+    output = refused_unchanged(tmp_path, *pool_args(kohya, lora_file(tmp_path / "a.safetensors")))
+    assert (f"LoRA {kohya}: diffusers {version('diffusers')} cannot convert its kohya single-block keys "
+            "(lora_unet_single_blocks_0_linear1.lora_down.weight is 32 wide; AssertionError): its kohya converter "
+            "hard-codes FLUX.1-dev's widths") in output
+    assert "another model?" not in output
+
+
+def test_a_torch_bin_adapter_says_only_safetensors_is_supported(tmp_path):
+    """A valid adapter saved with torch.save (pytorch_lora_weights.bin) is not a broken file: no "truncated?"."""
+    tensors = {f"transformer.{QKV[0]}.lora_A.weight": torch.randn(4, 32),
+               f"transformer.{QKV[0]}.lora_B.weight": torch.randn(32, 4)}
+    torch.save(tensors, tmp_path / "pytorch_lora_weights.bin")
+    bin_file = tmp_path / "pytorch_lora_weights.bin"
+    output = refused_unchanged(tmp_path, *pool_args(lora_file(tmp_path / "a.safetensors"), bin_file))
+    assert f"LoRA {bin_file}: a PyTorch file (torch.save" in output
+    assert "only safetensors adapter files are supported; convert it once" in output
+    assert "truncated" not in output
+
+
+def test_messages_name_an_adapter_by_its_file_not_its_place_in_the_pool(tmp_path):
+    """"lora0 lacks targets of lora1" made the user count --lora options; the files say which is which."""
+    qk, kv = lora_file(tmp_path / "qk.safetensors", QKV[:2]), lora_file(tmp_path / "kv.safetensors", QKV[1:])
+    output = refused_unchanged(tmp_path, *pool_args(qk, kv))
+    assert f"{qk} lacks targets of {kv}; {kv} lacks targets of {qk}" in output
+    assert "lora0" not in output and "lora1" not in output
 
 
 def test_a_mistake_stops_a_run_over_several_workers_once(tmp_path):

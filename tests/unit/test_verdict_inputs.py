@@ -164,7 +164,7 @@ def test_records_without_hashes_are_compared_by_name_and_rank_and_say_so():
 
 def test_records_name_each_adapter_file_and_its_sha256(tiny_pool):
     entries = pool_entries(tiny_pool)
-    assert [e.name for e in entries] == ["style_a", "style_b", "style_c"]
+    assert [e.name for e in entries] == ["peft_all", "kohya", "xlabs", "ai_toolkit_reordered"]
     for entry, adapter in zip(entries, tiny_pool.adapters, strict=True):
         assert entry.file == adapter.path.name
         assert entry.sha256 == hashlib.sha256(adapter.path.read_bytes()).hexdigest()
