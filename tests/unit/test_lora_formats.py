@@ -53,6 +53,15 @@ def test_each_format_loads_as_the_adapter_it_was_written_from(pipe, name, tmp_pa
     assert conversion_errors(meant, loaded(pipe, path, name)) == {}
 
 
+def test_a_peft_file_with_a_lora_b_bias_loads_as_written(pipe, tmp_path):
+    """The bias path the pool leaves out (peft's FP8 layers refuse it): every module's delta and bias as meant."""
+    spec = dataclasses.replace(SPECS["peft_all"], bias=True)
+    meant = synthetic_meant(spec, "tiny")
+    path = write_lora(meant, "peft", tmp_path / "lora.safetensors")
+    assert all(lo.bias is not None for lo in meant.values())
+    assert conversion_errors(meant, loaded(pipe, path, "biased")) == {}
+
+
 def test_a_conversion_that_drops_a_module_is_caught(pipe, tmp_path):
     """Negative control: the kohya file without one module's keys, judged against the adapter that has it."""
     meant = synthetic_meant(SPECS["kohya"], "tiny")
@@ -74,13 +83,13 @@ def test_a_conversion_that_mis_scales_a_module_is_caught(pipe, fmt, tmp_path):
     assert set(errors) == {wrong} and re.fullmatch(r"delta off by (9\.[5-9]|10\.[0-4])%", errors[wrong])
 
 
-def test_the_pool_covers_every_linear_of_the_transformer_with_mixed_ranks_alphas_and_a_bias(tiny_pool):
+def test_the_pool_covers_every_linear_of_the_transformer_with_mixed_ranks_and_alphas(tiny_pool):
     first, others = tiny_pool.adapters[0], tiny_pool.adapters[1:]
     assert first.modules == set(SHAPES), "the first adapter adapts every Linear (so all others hot-swap into it)"
     beyond_the_first = {family(m) for a in others for m in a.modules}
     listed = {family(m) for m in SHAPES if not m.startswith(("time_text_embed.", "norm_out."))}
     assert beyond_the_first >= listed, "the real-world formats between them reach every family the issue lists"
-    assert len({layer.rank for layer in first.layers}) > 1 and first.bias_modules == set(SHAPES)
+    assert len({layer.rank for layer in first.layers}) > 1 and not first.bias_modules  # FP8 layers refuse a bias
     formats = {spec.format for spec in synthetic_specs("tiny")}
     assert {"peft", "kohya", "xlabs", "reordered"} <= formats
 
