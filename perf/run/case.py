@@ -128,13 +128,35 @@ class Case:
         ignoring per-module ranks and alphas, when this session's probe found it (``perf.run.hotswap_scaling``,
         a finding of the record) and ``adapter`` has per-module ranks (its file gives peft a rank_pattern). An
         adapter of one rank and several alphas is not recognised: its error fails the check, it is never hidden."""
+        if error <= self.effect_tolerance or not self.hit_by_hotswap_scaling([adapter]):
+            return None
+        return (f"{what}: {error:.2%} of the adapter's effect is wrong (tolerance {self.effect_tolerance:.2%}), "
+                f"{adapter.name} having per-module ranks; {self.hotswap_scaling_finding()}")
+
+    def known_quality_cause(self, failing: dict[str, list[str]]) -> str | None:
+        """Why the quality failures of ``failing`` (adapter -> messages) are expected on this stack, or None where
+        they must gate: every failing image is a hot-swapped adapter with per-module ranks and the session's probe
+        found peft's hot-swap ignoring them (as ``known_cause``); one failure of another adapter gates them all."""
+        adapters = {adapter.name: adapter for adapter in self.built.spec.pool.adapters}
+        if not failing or not self.recipe.hotswap or not set(failing) <= adapters.keys():
+            return None
+        if not self.hit_by_hotswap_scaling([adapters[name] for name in failing]):
+            return None
+        shown = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in failing.items())
+        return f"{shown}; each having per-module ranks; {self.hotswap_scaling_finding()}"
+
+    def hit_by_hotswap_scaling(self, adapters: Sequence[LoraAdapter]) -> bool:
+        """This session's probe found peft's hot-swap ignoring per-module ranks, and each of ``adapters`` has them."""
+        return self.hotswap_scaling_finding() is not None and all(
+            len({layer.rank for layer in adapter.layers}) > 1 for adapter in adapters)
+
+    def hotswap_scaling_finding(self) -> str | None:
+        """The probe's finding (``perf.run.hotswap_scaling``) in the record, as a reason's tail, or None."""
         finding = next((f for f in self.measured.lora_findings if f.subject == HOTSWAP_SCALING), None)
-        if error <= self.effect_tolerance or finding is None or len({layer.rank for layer in adapter.layers}) < 2:
+        if finding is None:
             return None
         versions = ", ".join(f"{name} {version}" for name, version in finding.versions.items())
-        return (f"{what}: {error:.2%} of the adapter's effect is wrong (tolerance {self.effect_tolerance:.2%}), "
-                f"{adapter.name} having per-module ranks; known finding: {finding.subject}: {finding.problem} "
-                f"({versions})")
+        return f"known finding: {finding.subject}: {finding.problem} ({versions})"
 
     @property
     def swap_back_error(self) -> float:

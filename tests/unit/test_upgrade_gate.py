@@ -7,6 +7,7 @@ the bisect must name the harmful package. The packages are overlaid on this envi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_gate(gate_dirs: Path, moves: dict[str, str], *options: str) -> subproces
 
 def rows(done: subprocess.CompletedProcess, metric: str) -> list[list[str]]:
     """The gate's verdict rows of ``metric`` (the table between its title and its summary line)."""
-    table = done.stdout.split("upgrade gate verdict", 1)[-1].split("upgrade gate: REGRESSED", 1)[0]
+    table = re.split(r"upgrade gate: (REGRESSED|ok|ERROR)", done.stdout.split("upgrade gate verdict", 1)[-1], 1)[0]
     return [line.split(None, 7) for line in table.splitlines()
             if line.startswith("hotswap_eager ") and line.split()[1] == metric]
 
@@ -74,16 +75,17 @@ def test_an_upgrade_that_breaks_the_import_regresses_and_bisects_to_diffusers(ga
 
 
 def test_an_upgrade_that_only_slows_generation_regresses_on_latency_and_bisects_to_it(gate_dirs):
-    """The test slowdown is tied to torchmetrics 1.8.2: only runs with that version installed sleep 4 s per image
+    """The test slowdown is tied to torchmetrics 1.8.2: only runs with that version installed spin 4 s per image
     (a tiny-model image takes 0.02 s on an idle CPU and up to 2 s on a loaded 2-core machine; the CPU margin is
     60%). safetensors 0.7.0 would not do: transformers 5.23 refuses it at import, which the gate reports as a
-    broken stack."""
+    broken stack. On the cpu profile the latency row is "regressed (not gated)" (a shared CPU's load moves an
+    unchanged tree 3x): the gate passes, and the bisect still names the package that slowed it."""
     done = run_gate(gate_dirs, {"torchmetrics": "1.8.2", **HARMLESS}, "--inject-delay", "4",
                     "--inject-if", "torchmetrics==1.8.2")
 
-    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]  # cpu latency is reported, never gated
     [latency] = rows(done, "latency_median_s")
-    assert latency[2] == "regressed", latency
+    assert latency[2:4] == ["regressed", "(not"], latency
     assert not rows(done, "stack"), "a slowdown is not a broken stack"
     assert "bisect: caused by: torchmetrics" in done.stdout
     assert "bisect: accelerate 1.15.0 -> 1.14.0: no regression" in done.stdout
