@@ -48,7 +48,8 @@ def run_gate(gate_dirs: Path, moves: dict[str, str], *options: str) -> subproces
 
 def rows(done: subprocess.CompletedProcess, metric: str) -> list[list[str]]:
     """The gate's verdict rows of ``metric`` (the table between its title and its summary line)."""
-    table = re.split(r"upgrade gate: (REGRESSED|ok|ERROR)", done.stdout.split("upgrade gate verdict", 1)[-1], 1)[0]
+    after_title = done.stdout.split("upgrade gate verdict", 1)[-1]
+    table = re.split(r"upgrade gate: (REGRESSED|ok|ERROR)", after_title, maxsplit=1)[0]
     return [line.split(None, 7) for line in table.splitlines()
             if line.startswith("hotswap_eager ") and line.split()[1] == metric]
 
