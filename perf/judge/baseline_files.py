@@ -31,14 +31,19 @@ LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "torcha
 THUMBNAIL = 128  # stored reference images are at most this many pixels a side
 
 
-def library_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in LIBRARIES:
+def versions_of(names: Iterable[str]) -> dict[str, str | None]:
+    """Each distribution's installed version, None where it is not installed."""
+    found = {}
+    for name in names:
         try:
-            versions[name] = metadata.version(name)
+            found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+            found[name] = None
+    return found
+
+
+def library_versions() -> dict[str, str | None]:
+    return versions_of(LIBRARIES)
 
 
 def git_commit(root: Path | None = None) -> str | None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
+from perf.judge.baseline_files import versions_of
 from perf.judge.stack_record import RECORD, StackCheck
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
@@ -38,16 +39,6 @@ USED = {
 }
 """Names the suite imports from each library: diffusers and transformers import lazily, so ``import diffusers``
 succeeds where ``from diffusers import FluxPipeline`` fails (diffusers 0.34 beside transformers 5)."""
-
-
-def versions_of(names: Iterable[str]) -> dict[str, str | None]:
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def _distribution_of(filename: str) -> str | None:
