@@ -92,3 +92,16 @@ def test_where_peft_scales_by_module_there_is_no_finding_and_the_swap_back_passe
     swap_back_check()(case)
     assert case.swap_back_error <= case.effect_tolerance
     case.release()
+
+
+def test_quality_failures_are_expected_only_on_adapters_the_finding_explains(tiny_spec, monkeypatch):
+    """Negative control of the quality check's expected failure: a failing image of an adapter with one rank
+    (xlabs), or any failure once the finding is gone, gates; only per-module-rank adapters under the finding pass
+    as expected failures."""
+    case = hotswap_case(tiny_spec, by_nothing)
+    psnr = ["PSNR vs baseline row 17.6 dB < tolerance 28.00 dB"]
+    assert "known finding: peft's hot-swap" in case.known_quality_cause({"peft_all": psnr})
+    assert case.known_quality_cause({"peft_all": psnr, "xlabs": psnr}) is None
+    monkeypatch.setattr(case, "measured", dataclasses.replace(case.measured, lora_findings=()))
+    assert case.known_quality_cause({"peft_all": psnr}) is None
+    case.release()
