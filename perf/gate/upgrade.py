@@ -165,10 +165,6 @@ def check_known_good(run: SideRun, profile: str) -> None:
         raise GateError(f"the known-good suite wrote no record (pytest exit {run.exit_code}): see its output above")
 
 
-def affected(verdicts: Sequence[Verdict]) -> list[str]:
-    return sorted({v.recipe for v in verdicts if v.verdict == "regressed"})
-
-
 def run_gate(gate: Gate) -> int:
     known_pins = dict(read_pins(gate.known_good), **dict(gate.extra))
     candidate_pins = dict(read_pins(gate.candidate), **dict(gate.extra))
