@@ -1,0 +1,113 @@
+"""One FLUX block's kernels, FP8 against bf16: ``python -m perf.tools.block_profile --out DIR``.
+
+``profile_step`` builds and compiles a whole recipe (3 minutes cold on an H200) to say where a step's time goes;
+this answers the narrower questions a kernel idea raises in about two minutes of device time: which kernels one
+double-stream and one single-stream block run, how Inductor fused the FP8 activation quantization into them, and
+what a compile mode changes. Each block has FLUX.1-dev's width, seeded random weights, and a LoRA on every Linear
+(peft, the rank of the hot-swap slots), as a hot-swap row runs them; FP8 is the builder's own ``quantize_fp8``.
+
+Variants are ``NUMERICS[@MODE]``: ``bf16`` or ``fp8``, and a ``torch.compile`` mode (``fp8@max-autotune``).
+Writes ``block-profile.json`` after each variant (a job cut off keeps what it measured); on a CPU it runs at the
+tiny model's width, which is how CI checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from perf.build.builder import quantize_fp8
+from perf.run.measure import time_rounds
+from perf.tools.profile_step import category, kernel_times
+
+FULL = {"width": 3072, "heads": 24, "head_dim": 128, "image_tokens": 4096, "text_tokens": 512}
+TINY = {"width": 64, "heads": 2, "head_dim": 32, "image_tokens": 64, "text_tokens": 16}
+
+
+def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> torch.nn.Module:
+    """A double- or single-stream FLUX block with seeded weights, FP8-quantized if asked, then LoRA on every
+    Linear: the order the builder uses (quantize, then load the adapter)."""
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    block_type = FluxTransformerBlock if kind == "double" else FluxSingleTransformerBlock
+    block = block_type(size["width"], size["heads"], size["head_dim"])
+    for param in block.parameters():
+        torch.nn.init.normal_(param, std=0.02)
+    block = block.to(device, torch.bfloat16).eval()
+    if numerics == "fp8":
+        quantize_fp8(block, set_inductor_config=False)
+    linears = [name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)]
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=linears, init_lora_weights=False)
+    return inject_adapter_in_model(config, block).to(device)
+
+
+def block_inputs(size: dict, device: str) -> dict:
+    generator = torch.Generator(device).manual_seed(1)
+    tokens = size["image_tokens"] + size["text_tokens"]
+
+    def randn(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
+
+    return {
+        "hidden_states": randn(1, size["image_tokens"], size["width"]),
+        "encoder_hidden_states": randn(1, size["text_tokens"], size["width"]),
+        "temb": randn(1, size["width"]),
+        "image_rotary_emb": (randn(tokens, size["head_dim"], dtype=torch.float32),
+                             randn(tokens, size["head_dim"], dtype=torch.float32)),
+    }
+
+
+def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str, repeats: int) -> dict:
+    numerics, _, mode = variant.partition("@")
+    torch.compiler.reset()
+    block = torch.compile(make_block(kind, numerics, size, rank, device), fullgraph=True, mode=mode or None)
+    inputs = block_inputs(size, device)
+    with torch.inference_mode():
+        compile_s = time_rounds(lambda: block(**inputs), None, 1, device)[0]
+        wall = time_rounds(lambda: block(**inputs), None, repeats, device)
+        kernels = kernel_times(lambda: block(**inputs), device)
+    by_category: dict[str, float] = defaultdict(float)
+    for kernel, ms in kernels.items():
+        by_category[category(kernel)] += ms
+    return {
+        "first_call_s": compile_s,
+        "wall_ms": statistics.median(wall) * 1e3,
+        "kernel_ms": sum(kernels.values()),
+        "by_category_ms": dict(by_category),
+        "kernels_ms": dict(list(kernels.items())[:40]),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.tools.block_profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="bf16,fp8", help="NUMERICS[@MODE],... (default: bf16,fp8)")
+    parser.add_argument("--rank", type=int, default=64, help="LoRA rank on every Linear (default: 64)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path(".results/profiles"))
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = FULL if device == "cuda" else TINY
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "size": size,
+                    "rank": args.rank, "torch": torch.__version__, "blocks": {}}
+    for kind in ("double", "single"):
+        for variant in args.variants.split(","):
+            row = profile_variant(kind, variant, size, args.rank, device, args.repeats)
+            result["blocks"][f"{kind}/{variant}"] = row
+            (args.out / "block-profile.json").write_text(json.dumps(result, indent=1))
+            categories = ", ".join(f"{label} {ms:.3f}" for label, ms in sorted(row["by_category_ms"].items()))
+            print(f"{kind:<6} {variant:<24} kernels {row['kernel_ms']:.3f} ms, wall {row['wall_ms']:.3f} ms, "
+                  f"first call {row['first_call_s']:.0f} s: {categories}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""``python -m perf.tools.block_profile``: one double- and one single-stream block, compiled, profiled and written
+down per variant (on the CPU at the tiny model's width)."""
+
+import json
+
+from perf.tools.block_profile import main
+
+
+def test_each_block_and_variant_is_profiled_and_written(tmp_path):
+    assert main(["--variants", "bf16", "--repeats", "2", "--rank", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "block-profile.json").read_text())
+    assert set(result["blocks"]) == {"double/bf16", "single/bf16"}
+    for row in result["blocks"].values():
+        assert row["wall_ms"] > 0
+        assert row["kernel_ms"] > 0
+        assert row["kernels_ms"]
