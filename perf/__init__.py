@@ -12,7 +12,7 @@ Where things are (data flows down this list; judge and report import no torch):
 - ``judge/``  the typed record (``record.py``: frozen dataclasses, validated JSON), baseline files, the verdict
   (``python -m perf.judge.compare``), tolerances, calibration, pytest-benchmark's storage.
 - ``report/`` ``python -m perf.report``: markdown, README tables and plots from records.
-- ``tools/``  diagnostics run by hand: ``profile_step``, ``fullgraph_probe``, ``attention_check``.
+- ``tools/``  diagnostics run by hand: ``profile_step``, ``block_profile``, ``fullgraph_probe``, ``attention_check``.
 - ``plugin.py`` the pytest face (options, hooks) over ``session.py``, the session object that owns the run's state,
   its verdict and summary; ``workers.py`` spreads recipes over GPUs with pytest-xdist.
 """
