@@ -470,13 +470,15 @@ class PerfSession:
     def findings(self) -> list[str]:
         """What the libraries cannot do with LoRA adapters, as this run's records name it, each finding once."""
         found = {(f.subject, f.problem): f for record in self.finished.values() for f in record.lora_findings}
+        serving = {f"{name} (serving): {result.finding}": None for name, record in sorted(self.finished.items())
+                   for result in record.serving.values() if result.finding}
         return [f"{f.subject}: {f.problem} ({', '.join(f'{name} {v}' for name, v in f.versions.items())})"
-                for f in found.values()]
+                for f in found.values()] + list(serving)
 
     def display(self, terminalreporter) -> None:
         findings = self.findings()
         if findings:
-            terminalreporter.section("flux-lora-perf findings (in every record's lora_findings)")
+            terminalreporter.section("flux-lora-perf findings (in the records' lora_findings and serving)")
             for line in findings:
                 terminalreporter.write_line(f"- {line}")
         if self.stopped:

@@ -190,10 +190,11 @@ SERVING_HEADER = ("recipe", "scenario", "request", "first (s)", "graphs compiled
                   "recompiles once warm", "images/min", "peak (GiB)", "swap check, worst")
 
 
-def serving_table(records: Records) -> str:
-    """The README's serving table: one line a request kind of each serving scenario of each record, then the
-    findings (what the libraries could not serve without compiling), from the stored records alone. Seconds are a
-    generation's, or a switch's for the resident adapters' rows."""
+def serving_table(records: Records, profile: str) -> str:
+    """The README's serving table of ``profile``: one line a request kind of each serving scenario of each record,
+    then the findings (what the libraries could not serve without compiling or failing), from the stored records
+    alone; where they hold none, a line that says so and how to record them. Seconds are a generation's, or a
+    switch's for the resident adapters' rows."""
     rows, findings = [], []
     for recipe, record in records.items():
         for name, result in record.serving.items():
@@ -207,7 +208,8 @@ def serving_table(records: Records) -> str:
             if result.finding:
                 findings.append(f"- {recipe}: {result.finding}")
     if not rows:
-        return "No serving scenarios in these records yet (run the suite without --no-serving)."
+        return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
+                f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
     return "\n".join([markdown_table(SERVING_HEADER, rows), *(["", *findings] if findings else [])])
 
 
@@ -304,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.readme:
         text = args.readme.read_text()
-        tables = {f"results:{profile}": readme_table, f"serving:{profile}": serving_table}
+        tables = {f"results:{profile}": readme_table, f"serving:{profile}": lambda r: serving_table(r, profile)}
         found = [name for name in tables if f"<!-- {name}:start -->" in text]
         if not found:
             print(f"error: {args.readme} has no <!-- results:{profile}:start --> or serving:{profile} block",

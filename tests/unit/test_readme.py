@@ -30,7 +30,7 @@ def test_results_tables_are_generated_from_the_stored_records(profile):
 @pytest.mark.parametrize("profile", sorted(set(re.findall(r"<!-- serving:(\w+):start -->", README))))
 def test_serving_tables_are_generated_from_the_stored_records(profile):
     records, _ = read_records(ROOT / "baselines", profile)
-    assert replace_block(README, f"serving:{profile}", serving_table(records)) == README, (
+    assert replace_block(README, f"serving:{profile}", serving_table(records, profile)) == README, (
         f"README's {profile} serving table is stale: python -m perf.report baselines/{profile} --readme README.md"
     )
 
