@@ -21,8 +21,8 @@ def library_finding(reason: str) -> pytest.MarkDecorator:
 
 def served(case, suite, scenario):
     if not suite.runs_serving(case.recipe):
-        pytest.skip(f"{case.recipe.name}: serving scenarios not run (compiled hot-swap recipes only, where they can "
-                    "recompile; --no-serving)")
+        pytest.skip(f"{case.recipe.name}: the serving scenarios run on compiled hot-swap recipes only (where a request "
+                    "can recompile), and not under --no-serving")
     return case.serving(scenario, suite.resident_adapters(), suite.progress)
 
 
