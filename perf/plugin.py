@@ -73,6 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "hot-swap recipes.",
     )
     group.addoption(
+        "--no-serving", action="store_true",
+        help="skip the serving scenarios of compiled hot-swap recipes (LoRA scale per request, resolutions, "
+        "batches, resident adapters, two adapters at once: perf/run/serving.py).",
+    )
+    group.addoption(
         "--no-cold-start", action="store_true",
         help="skip the cold/warm start measurement of compiled hot-swap recipes (two extra processes per recipe, "
         "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",

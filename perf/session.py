@@ -43,7 +43,7 @@ from perf.run.quality import QualityResult, load_clip_scorer
 from perf.run.recording import identity
 from perf.run.stack_check import LIBRARIES, check_imports, check_stack, write_check
 from perf.spec.cache import cache_dir, clear_cache
-from perf.spec.loras import LoraPool, synthetic_pool
+from perf.spec.loras import LoraAdapter, LoraPool, synthetic_pool
 from perf.spec.models import resolve_source
 from perf.spec.profiles import ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import Recipe, get_recipe, unsupported_reason
@@ -279,6 +279,14 @@ class PerfSession:
     def runs_churn(self, recipe: Recipe) -> bool:
         return recipe.serves_hotswap and not self.option("--no-churn")
 
+    def runs_serving(self, recipe: Recipe) -> bool:
+        return recipe.serves_hotswap and not self.option("--no-serving")
+
+    def resident_adapters(self) -> list[LoraAdapter]:
+        """The candidates for the resident scenarios' eight adapters: the main pool's, then the churn's (every one a
+        subset of the first adapter's targets); the scenario keeps those peft hot-swaps (``perf.run.serving``)."""
+        return list(dict.fromkeys((*self.spec.pool.adapters, *self.churn_pool.adapters)))
+
     def churn(self, case: Case) -> ChurnResult:
         """The LoRA churn of ``case`` over the session's churn pool (run once per case)."""
         return case.churn(churn_sequence(self.churn_pool), self.progress)
@@ -462,13 +470,15 @@ class PerfSession:
     def findings(self) -> list[str]:
         """What the libraries cannot do with LoRA adapters, as this run's records name it, each finding once."""
         found = {(f.subject, f.problem): f for record in self.finished.values() for f in record.lora_findings}
+        serving = {f"{name} (serving): {result.finding}": None for name, record in sorted(self.finished.items())
+                   for result in record.serving.values() if result.finding}
         return [f"{f.subject}: {f.problem} ({', '.join(f'{name} {v}' for name, v in f.versions.items())})"
-                for f in found.values()]
+                for f in found.values()] + list(serving)
 
     def display(self, terminalreporter) -> None:
         findings = self.findings()
         if findings:
-            terminalreporter.section("flux-lora-perf findings (in every record's lora_findings)")
+            terminalreporter.section("flux-lora-perf findings (in the records' lora_findings and serving)")
             for line in findings:
                 terminalreporter.write_line(f"- {line}")
         if self.stopped:

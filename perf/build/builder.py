@@ -30,6 +30,36 @@ from perf.spec.settings import GenerationSettings
 HOTSWAP_ADAPTER = "default_0"  # the seed loads every adapter under one name when hot-swapping
 
 
+@dataclass(frozen=True)
+class CachedLora:
+    """An adapter as a server keeps it in RAM: what ``lora_state_dict`` reads from its file (converted to diffusers'
+    keys), with the file's network alphas and adapter metadata (``lora_alpha``, rank and alpha patterns).
+    ``load_lora_weights`` given a state dict reads no metadata and takes none, so an adapter whose alphas live in
+    the metadata would be served at the wrong strength (``perf.run.serving`` measures it): it is loaded through
+    the transformer's ``load_lora_adapter``, which takes them, as the pipeline's loader does for a file."""
+
+    state_dict: dict = field(repr=False)
+    network_alphas: dict | None = None
+    metadata: dict | None = None
+
+    @classmethod
+    def read(cls, adapter: LoraAdapter) -> CachedLora:
+        from diffusers import FluxPipeline
+
+        state_dict, alphas, metadata = FluxPipeline.lora_state_dict(str(adapter.path), return_alphas=True,
+                                                                    return_lora_metadata=True)
+        return cls(state_dict, alphas, metadata)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict.values())
+
+    def load(self, pipe, **kwargs) -> None:
+        """Into ``pipe``'s transformer (a shallow copy of the state dict: diffusers pops keys from it)."""
+        pipe.transformer.load_lora_adapter(dict(self.state_dict), network_alphas=self.network_alphas,
+                                           metadata=self.metadata, prefix="transformer", _pipeline=pipe, **kwargs)
+
+
 @dataclass
 class BuiltPipeline:
     """A pipeline with a recipe applied, and the one way to swap adapters and generate with it."""
@@ -48,32 +78,44 @@ class BuiltPipeline:
     def device_type(self) -> str:
         return self.spec.device_type
 
-    def load_adapter(self, adapter: LoraAdapter) -> None:
-        """Hot-swap ``adapter`` in (recipes with hot-swap) or unload and load it as a new adapter (without)."""
+    def load_adapter(self, adapter: LoraAdapter, cached: CachedLora | None = None) -> None:
+        """Hot-swap ``adapter`` in (recipes with hot-swap) or unload and load it as a new adapter (without). With
+        ``cached`` (the adapter as a server keeps it in RAM), from memory instead of its file."""
         pipe = self.pipe
+
+        def load(**kwargs) -> None:
+            if cached is None:
+                pipe.load_lora_weights(str(adapter.path), **kwargs)
+            else:
+                cached.load(pipe, **kwargs)
+
         if self.current is None:
             if self.recipe.hotswap:
                 check_hotswap(adapter, adapter, self.spec.target_rank)
-            pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER)
+            load(adapter_name=HOTSWAP_ADAPTER)
             self.first = adapter
         elif self.recipe.hotswap:
             check_hotswap(self.first, adapter, self.spec.target_rank)
-            pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER, hotswap=True)
+            load(adapter_name=HOTSWAP_ADAPTER, hotswap=True)
         else:
             pipe.unload_lora_weights()
             name = f"adapter_{self.loads}"
-            pipe.load_lora_weights(str(adapter.path), adapter_name=name)
+            load(adapter_name=name)
             pipe.set_adapters(name)
         self.current = adapter
         self.loads += 1
 
     def generate(self, adapter: LoraAdapter | None = None) -> np.ndarray:
         """One full pipeline call (text encoding, denoising, VAE decode) -> HxWx3 float image in [0, 1]."""
+        return self.serve(adapter)[0]
+
+    def serve(self, adapter: LoraAdapter | None = None, **request) -> np.ndarray:
+        """One full pipeline call with ``request`` overriding the run's settings (a serving request: ``height``,
+        ``width``, ``num_images_per_prompt``, ``joint_attention_kwargs={"scale": s}``) -> NxHxWx3 images."""
         prompt = (adapter or self.current).prompt
         generator = torch.Generator("cpu").manual_seed(self.spec.settings.seed)
-        return self.pipe(
-            prompt=prompt, generator=generator, output_type="np", **self.spec.settings.pipeline_kwargs()
-        ).images[0]
+        kwargs = {**self.spec.settings.pipeline_kwargs(), **request}
+        return self.pipe(prompt=prompt, generator=generator, output_type="np", **kwargs).images
 
 
 def attention_shape(pipe, settings: GenerationSettings) -> tuple[int, int, int, int]:

@@ -13,12 +13,15 @@ still read). A new way for a run to end is one more word in ``Outcome``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 from perf.errors import BaselineError
+from perf.judge.schema import Count, Fraction, GiB, NonNegative, Seconds
+from perf.judge.schema import frozen_section as _frozen
+from perf.judge.serving_record import ServingResult
 from perf.spec.recipes import Recipe
 from perf.spec.settings import GenerationSettings
 
@@ -33,11 +36,6 @@ OVER_COMPILE_BUDGET: Outcome = "over_compile_budget"
 # what pytest's report said of a test of the recipe's case; xfailed: an expected failure naming a recorded finding
 CheckOutcome = Literal["passed", "failed", "skipped", "xfailed"]
 
-NonNegative = Annotated[float, Field(ge=0)]
-Seconds = NonNegative
-GiB = NonNegative
-Count = Annotated[int, Field(ge=0)]
-Fraction = NonNegative  # an error in units of an adapter's effect (0: none); 1.0 is the whole effect
 PSNR = Annotated[float, Field(ge=0, le=100)]  # dB, capped at perf.run.quality.PSNR_CEILING
 SSIM = Annotated[float, Field(ge=-1, le=1)]
 ClipScore = Annotated[float, Field(ge=0, le=100)]  # torchmetrics' CLIPScore scale
@@ -51,16 +49,6 @@ def _iso_date(value: str) -> str:
 
 
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
-
-STRICT = ConfigDict(strict=True, extra="forbid")
-"""Every section: a string is not a number, a number is not a bool, and a key the schema lacks is an error."""
-
-
-def _frozen(cls):
-    """A frozen dataclass validated strictly wherever it is read back (pydantic reads ``__pydantic_config__``
-    from a standard library dataclass)."""
-    cls.__pydantic_config__ = STRICT
-    return dataclass(frozen=True)(cls)
 
 
 # --- identity ------------------------------------------------------------------------------------------------
@@ -327,6 +315,7 @@ class RunRecord:
     worker: str | None = None  # the pytest-xdist worker that ran it
     cuda_visible_devices: str | None = None
     lora_findings: tuple[LoraFinding, ...] = ()  # what the libraries cannot do with the pool (older records lack)
+    serving: dict[str, ServingResult] = field(default_factory=dict)  # scenario -> its figures (perf.run.serving)
     outcome: Outcome = COMPLETED
     error: str | None = None  # why the run did not complete
     checks: dict[str, CheckOutcome] = field(default_factory=dict)  # test name -> what pytest reported

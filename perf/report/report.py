@@ -29,6 +29,7 @@ from perf.judge.compare import (
     warmup_seconds,
 )
 from perf.judge.record import RunRecord
+from perf.judge.tolerances import EFFECT_TOLERANCE
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
@@ -185,6 +186,33 @@ def readme_table(records: Records) -> str:
     return markdown_table(README_HEADER, rows)
 
 
+SERVING_HEADER = ("recipe", "scenario", "request", "first (s)", "graphs compiled first", "steady (s)",
+                  "recompiles once warm", "images/min", "peak (GiB)", "swap check, worst")
+
+
+def serving_table(records: Records, profile: str) -> str:
+    """The README's serving table of ``profile``: one line a request kind of each serving scenario of each record,
+    then the findings (what the libraries could not serve without compiling or failing), from the stored records
+    alone; where they hold none, a line that says so and how to record them. Seconds are a generation's, or a
+    switch's for the resident adapters' rows."""
+    rows, findings = [], []
+    for recipe, record in records.items():
+        for name, result in record.serving.items():
+            worst = result.worst_error
+            check = "-" if worst is None else f"{worst:.4f} (tolerance {EFFECT_TOLERANCE})"
+            for i, request in enumerate(result.requests):
+                rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
+                             str(request.first_recompiles), f"{request.steady_seconds:.3f}",
+                             str(request.steady_recompiles), _value(request.images_per_minute, ".1f"),
+                             _value(request.peak_gib, ".1f"), check if i == 0 else ""))
+            if result.finding:
+                findings.append(f"- {recipe}: {result.finding}")
+    if not rows:
+        return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
+                f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
+    return "\n".join([markdown_table(SERVING_HEADER, rows), *(["", *findings] if findings else [])])
+
+
 def replace_block(text: str, name: str, content: str) -> str:
     """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced by ``content``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -277,9 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no records in {args.records_dir}", file=sys.stderr)
         return 2
     if args.readme:
-        text = replace_block(args.readme.read_text(), f"results:{profile}", readme_table(records))
+        text = args.readme.read_text()
+        tables = {f"results:{profile}": readme_table, f"serving:{profile}": lambda r: serving_table(r, profile)}
+        found = [name for name in tables if f"<!-- {name}:start -->" in text]
+        if not found:
+            print(f"error: {args.readme} has no <!-- results:{profile}:start --> or serving:{profile} block",
+                  file=sys.stderr)
+            return 2
+        for name in found:
+            text = replace_block(text, name, tables[name](records))
         atomic_write_bytes(args.readme, text.encode())
-        print(f"{args.readme}: results:{profile} table rewritten from {args.records_dir}")
+        print(f"{args.readme}: {', '.join(found)} rewritten from {args.records_dir}")
     else:
         print(write_report(records, args.out or DEFAULT_OUT / profile, verdicts))
     return 2 if errors else 0

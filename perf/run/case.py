@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from perf.judge.record import (
     RunRecord,
     SwapCheck,
 )
+from perf.judge.serving_record import ServingResult
 from perf.judge.tolerances import EFFECT_TOLERANCE
 from perf.run.checks import image_diff
 from perf.run.churn import ChurnResult, run_churn
@@ -41,6 +44,7 @@ from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, rese
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record
 from perf.run.scenario import ScenarioResult, run_scenario
+from perf.run.serving import SCENARIOS
 from perf.run.swap_probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
 from perf.run.watchers import RecompileWatcher
 from perf.spec.loras import LoraAdapter
@@ -83,6 +87,7 @@ class Case:
     # the cold/warm start measured before this case was built, why it failed, or None: not measured; its summary in
     # the record gives each start's compile part: its first generation less a steady one of the scenario
     cold_start: ColdStart | str | None = None
+    serving_results: dict[str, ServingResult] = field(default_factory=dict)  # scenario -> its result, once run
     settings_before: compile_settings.CompileSettings | None = None  # restored on release
     latency: Latency = field(default_factory=lambda: Latency.of([]))
     quality: Quality | None = None
@@ -100,7 +105,7 @@ class Case:
         return dataclasses.replace(
             self.measured, latency=self.latency, quality=self.quality, checks=dict(self.checks),
             churn=self.churn_result.summary() if self.churn_result else None,
-            cold_start=cold_start.summary(steady) if cold_start else None,
+            cold_start=cold_start.summary(steady) if cold_start else None, serving=dict(self.serving_results),
         )
 
     @property
@@ -189,6 +194,20 @@ class Case:
         if self.churn_result is None:
             self.churn_result = run_churn(self.built, sequence, progress, self.references.get(sequence[-1].name))
         return self.churn_result
+
+    def serving(self, scenario: str, resident: list[LoraAdapter], progress: Callable[[str], None] = print
+                ) -> ServingResult:
+        """The serving scenario ``scenario`` of ``perf.run.serving`` (once per case), kept in the record's
+        ``serving``; ``resident``: the adapters the resident scenario keeps in RAM."""
+        if scenario not in self.serving_results:
+            progress(f"[{self.recipe.name}] serving: {scenario}")
+            wall, cpu = time.perf_counter(), sum(os.times()[:4])  # CPU: this process's and its compile workers'
+            result = SCENARIOS[scenario](self.built, reference=self.swap_reference, resident=resident)
+            self.serving_results[scenario] = result
+            progress(f"[{self.recipe.name}] serving: {scenario}: {result.warmup_recompiles} graph(s) compiled by "
+                     f"the first requests, {result.steady_recompiles} after; {time.perf_counter() - wall:.0f} s "
+                     f"({sum(os.times()[:4]) - cpu:.0f} s of CPU)")
+        return self.serving_results[scenario]
 
     def time_generations(self, benchmark, rounds: int) -> RecompileWatcher:
         """Time ``rounds`` full pipeline calls after warm-up with pytest-benchmark's fixture as the timer

@@ -200,17 +200,26 @@ class SameNumerics:
         return float((output - self.output).norm()) / self.effect
 
 
-def same_numerics_reference(built, reference: StepReference) -> SameNumerics:
-    """Run the candidate's own graph with ``reference``'s state, then with no LoRA effect, and put its state back."""
+def same_numerics_reference(built, reference: StepReference, scale: float = 1.0, adapter: str | None = None
+                            ) -> SameNumerics:
+    """Run the candidate's own graph with ``reference``'s state, then with no LoRA effect, and put its state back.
+    ``scale``: the state's scaling multiplied by it, what a request's LoRA scale or an adapter's weight does to
+    every layer (the same multiplication of the same tensors, so a request at that scale reads 0 against it).
+    ``adapter``: the slot written (default: the hot-swap slot); other active slots keep their state, so the unit is
+    this slot's effect beside them."""
     from perf.build.builder import HOTSWAP_ADAPTER
 
-    modules = lora_modules(built.pipe.transformer, HOTSWAP_ADAPTER)
-    own = snapshot(modules, HOTSWAP_ADAPTER)
-    restore(modules, HOTSWAP_ADAPTER, reference.state)
+    adapter = adapter or HOTSWAP_ADAPTER
+    modules = lora_modules(built.pipe.transformer, adapter)
+    own = snapshot(modules, adapter)
+    restore(modules, adapter, reference.state)
+    if scale != 1.0:
+        for module in modules.values():
+            _set_scaling(module, adapter, module.scaling[adapter] * scale)
     output = step_output(built.pipe, reference.inputs)
-    zero_effect(modules, HOTSWAP_ADAPTER)
+    zero_effect(modules, adapter)
     without = step_output(built.pipe, reference.inputs)
-    restore(modules, HOTSWAP_ADAPTER, own)
+    restore(modules, adapter, own)
     return SameNumerics(output, without)
 
 

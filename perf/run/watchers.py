@@ -13,6 +13,14 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def graphs_held(module) -> int:
+    """Graphs dynamo holds for ``module``'s compiled forward (its code object's cache entries): what
+    ``torch._dynamo.config.recompile_limit`` is counted against."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(type(module).forward.__code__))
+
+
 CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
                   ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
 

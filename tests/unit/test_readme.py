@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from perf.judge.baseline_files import read_records
-from perf.report.report import readme_table, replace_block
+from perf.report.report import readme_table, replace_block, serving_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -24,6 +24,14 @@ def test_results_tables_are_generated_from_the_stored_records(profile):
     records, _ = read_records(ROOT / "baselines", profile)
     assert replace_block(README, f"results:{profile}", readme_table(records)) == README, (
         f"README's {profile} table is stale: python -m perf.report baselines/{profile} --readme README.md"
+    )
+
+
+@pytest.mark.parametrize("profile", sorted(set(re.findall(r"<!-- serving:(\w+):start -->", README))))
+def test_serving_tables_are_generated_from_the_stored_records(profile):
+    records, _ = read_records(ROOT / "baselines", profile)
+    assert replace_block(README, f"serving:{profile}", serving_table(records, profile)) == README, (
+        f"README's {profile} serving table is stale: python -m perf.report baselines/{profile} --readme README.md"
     )
 
 

@@ -1,0 +1,76 @@
+"""The serving scenarios' figures survive the record's JSON as typed sections, a wrong one is refused naming its
+field, and the README's serving table is made from them alone, findings included (no torch: judging and reporting
+import none)."""
+
+import dataclasses
+import json
+
+import pytest
+from fake_records import example_record
+
+from perf.judge.record import RecordError, from_json, to_json
+from perf.judge.serving_record import (
+    BareStateDict,
+    BatchFigures,
+    BatchFit,
+    Request,
+    ResidentFigures,
+    ServingResult,
+)
+from perf.report.report import serving_table
+
+BATCHES = ServingResult(
+    "batches",
+    (Request("batch 1", 2.0, 0, 1.0, 0, 1, 20.1), Request("batch 4", 9.0, 1, 3.0, 0, 4, 22.5)),
+    expected_recompiles=1, finding="batches: 1 graph(s) compiled by the first requests",
+    batches=BatchFigures(24.0, BatchFit(4, {"1": 20.1, "4": 22.5, "8": "out of memory"})),
+)
+RESIDENT = ServingResult(
+    "resident",
+    (Request("hot-swap from memory", 0.01, 0, 0.002, 0, images=0),),
+    errors={"A->B->A->B from memory": 0.0}, controls={"A->B->A from memory, last swap to B not made": 0.9},
+    resident=ResidentFigures(("peft_all", "kohya"), {}, 0.1, 0.2,
+                             BareStateDict(None, "peft_all: ValueError: Configs are incompatible", True, False)),
+)
+
+
+def test_a_serving_result_round_trips_through_the_record_json():
+    record = example_record("rtx4090_optimized", serving={"batches": BATCHES, "resident": RESIDENT})
+    assert from_json(to_json(record)).serving == {"batches": BATCHES, "resident": RESIDENT}
+    assert from_json(to_json(dataclasses.replace(record, serving={}))).serving == {}
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (("serving", "batches", "requests", 0, "first_recompiles"), -1, "first_recompiles"),
+    (("serving", "batches", "scenario"), "lunch", "scenario"),
+    (("serving", "resident", "resident", "bare_state_dict", "slot_deleted"), "yes", "slot_deleted"),
+])
+def test_a_serving_section_that_fails_its_schema_is_refused_naming_the_field(path, value, field):
+    data = json.loads(to_json(example_record("optimized", serving={"batches": BATCHES, "resident": RESIDENT})))
+    where = data
+    for part in path[:-1]:
+        where = where[part]
+    where[path[-1]] = value
+    with pytest.raises(RecordError, match=field):
+        from_json(json.dumps(data))
+
+
+def test_figures_derived_from_a_serving_result():
+    assert (BATCHES.warmup_recompiles, BATCHES.steady_recompiles) == (1, 0)
+    assert BATCHES.requests[1].images_per_minute == 80.0
+    assert RESIDENT.requests[0].images_per_minute is None  # a switch makes no image
+    assert BATCHES.worst_error is None
+    assert RESIDENT.worst_error == 0.0
+
+
+def test_serving_table_lists_every_request_and_the_findings():
+    table = serving_table({"rtx4090_optimized": example_record(
+        "rtx4090_optimized", serving={"batches": BATCHES, "resident": RESIDENT})}, "rtx4090")
+    assert "| rtx4090_optimized | batches | batch 4 | 9.000 | 1 | 3.000 | 0 | 80.0 | 22.5 |" in table
+    assert "| rtx4090_optimized | resident | hot-swap from memory | 0.010 | 0 | 0.002 | 0 | - | - | 0.0000" in table
+    assert table.endswith("- rtx4090_optimized: batches: 1 graph(s) compiled by the first requests")
+
+
+def test_serving_table_says_so_when_no_record_has_serving_scenarios():
+    assert serving_table({"baseline": example_record("baseline")}, "h200").startswith(
+        "No h200 record holds the serving scenarios yet")
