@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from perf.build import compat
 from perf.errors import SuiteError
 from perf.spec.cache import build_once
 
@@ -157,18 +158,15 @@ def transformer_step_inputs(config: dict[str, Any], image_tokens: int, text_toke
 
 def synthetic_tokenizers():
     """CLIP and T5 tokenizers built offline: byte-level characters, no merges. Real ids, no hub."""
-    from transformers import CLIPTokenizer, T5Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in bytes_to_unicode().values():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    clip = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
     pieces += [(chr(c), -2.0) for c in range(33, 127)]
-    t5 = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-    return clip, t5
+    return compat.clip_tokenizer(vocab, model_max_length=77), compat.t5_tokenizer(pieces, model_max_length=512)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,113 @@
+"""Every API difference between the library releases the gate supports, in one place.
+
+The gate runs on the stacks teams upgrade *from* (the lora-fast era: diffusers 0.34, peft 0.16, transformers 4.5x)
+as well as today's (diffusers 0.42, peft 0.21, transformers 5). Where those releases spell one thing differently,
+the suite calls the function here, which takes the branch the installed release supports; no other module tests a
+library version. Each branch is a feature of the installed library (an attribute, a constructor), not a guess from
+a version string, except the tokenizers, whose constructors changed meaning with transformers 5.
+
+This module imports no other part of the suite, so the spec, build and run stages can all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+FLUX_REPEATED_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+"""The blocks diffusers 0.35+ compiles regionally (``FluxTransformer2DModel._repeated_blocks``)."""
+T5_UNK_ID = 2  # T5's vocabulary layout: <pad> 0, </s> 1, <unk> 2
+
+
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def clip_tokenizer(vocab: dict[str, int], model_max_length: int):
+    """A byte-level BPE CLIP tokenizer of ``vocab`` without merges, offline.
+
+    transformers 5's ``CLIPTokenizer`` is backed by the tokenizers library and takes the vocabulary itself;
+    transformers 4's ``CLIPTokenizer`` is the Python one and reads ``vocab.json``/``merges.txt``, so there the files
+    are written and its ``CLIPTokenizerFast`` converts them (the same tokenizers pipeline transformers 5 builds)."""
+    if transformers_major() >= 5:
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    from transformers import CLIPTokenizerFast
+
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n")  # the header line CLIP's merges file starts with; no merges
+        return CLIPTokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file),
+                                 model_max_length=model_max_length)
+
+
+def t5_tokenizer(pieces: list[tuple[str, float]], model_max_length: int):
+    """A Unigram T5 tokenizer of ``pieces`` (``<pad>``, ``</s>``, ``<unk>`` first), without sentinel ids, offline.
+
+    transformers 5's ``T5Tokenizer`` takes the pieces; transformers 4 reads them from a sentencepiece model (and
+    needs the sentencepiece package to convert it), so there the tokenizers pipeline transformers 5 builds is built
+    here and handed to ``T5TokenizerFast``."""
+    if transformers_major() >= 5:
+        from transformers import T5Tokenizer
+
+        return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import T5TokenizerFast
+
+    backend = Tokenizer(Unigram(pieces, unk_id=T5_UNK_ID, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+    ])
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    eos = pieces[1][0]
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", eos], pair=["$A", eos, "$B", eos], special_tokens=[(eos, 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token=eos, unk_token=pieces[T5_UNK_ID][0],
+                           pad_token=pieces[0][0], extra_ids=0, model_max_length=model_max_length)
+
+
+def clip_image_processor(**kwargs):
+    """CLIP's PIL image processor: ``CLIPImageProcessorPil`` in transformers 5 (where ``CLIPImageProcessor`` needs
+    torchvision), ``CLIPImageProcessor`` before."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)(**kwargs)
+
+
+def has_attention_backends() -> bool:
+    """Whether this diffusers has attention backends (``set_attention_backend``, diffusers 0.35+)."""
+    from diffusers import ModelMixin
+
+    return hasattr(ModelMixin, "set_attention_backend")
+
+
+def set_native_attention(transformer) -> None:
+    """Native SDPA (``F.scaled_dot_product_attention``, torch choosing its kernel) in every attention layer:
+    diffusers' ``native`` backend, or before backends existed (diffusers 0.34) Flux's SDPA processor, which is
+    what that backend runs."""
+    if has_attention_backends():
+        transformer.set_attention_backend("native")
+        return
+    from diffusers.models.attention_processor import FluxAttnProcessor2_0
+
+    transformer.set_attn_processor(FluxAttnProcessor2_0())
+
+
+def compile_repeated_blocks(transformer, **compile_kwargs) -> None:
+    """Regional compilation: each repeated block compiled on its own. diffusers 0.35+ has
+    ``compile_repeated_blocks``; before, the same blocks are compiled here, as that method does."""
+    if hasattr(transformer, "compile_repeated_blocks"):
+        transformer.compile_repeated_blocks(**compile_kwargs)
+        return
+    blocks = [m for m in transformer.modules() if type(m).__name__ in FLUX_REPEATED_BLOCKS]
+    if not blocks:
+        raise ValueError(f"no {' or '.join(FLUX_REPEATED_BLOCKS)} in {type(transformer).__name__} to compile")
+    for block in blocks:
+        block.compile(**compile_kwargs)
