@@ -58,7 +58,7 @@ class BuiltPipeline:
             self.first = adapter
         elif self.recipe.hotswap:
             check_hotswap(self.first, adapter, self.spec.target_rank)
-            pipe.load_lora_weights(str(adapter.path), adapter_name=HOTSWAP_ADAPTER, hotswap=True)
+            compat.hotswap_lora(pipe, str(adapter.path), HOTSWAP_ADAPTER)
         else:
             pipe.unload_lora_weights()
             name = f"adapter_{self.loads}"

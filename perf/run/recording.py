@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from perf.build import compat
 from perf.build.builder import BuiltPipeline
 from perf.judge.baseline_files import git_commit, library_versions, now_iso
 from perf.judge.record import (
@@ -65,7 +66,27 @@ def lora_findings(pool: LoraPool) -> tuple[LoraFinding, ...]:
     could not load (``perf.spec.loras.format_findings``) and peft's hot-swap ignoring per-module ranks and alphas
     (``perf.run.hotswap_scaling``, probed once per process)."""
     scaling = hotswap_scaling_finding()
-    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings) + ((scaling,) if scaling else ())
+    order = hotswap_key_order_finding()
+    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings) + tuple(
+        finding for finding in (scaling, order) if finding)
+
+
+def hotswap_key_order_finding() -> LoraFinding | None:
+    """diffusers' hot-swap of a file whose tensors end on a ``lora_A`` key, where it fails
+    (``perf.build.compat.hotswap_needs_lora_b_last``: diffusers 0.34); the suite hot-swaps such files through the
+    workaround (``compat.hotswap_lora``), so the checks still run, and the record says what a user would meet."""
+    if not compat.hotswap_needs_lora_b_last():
+        return None
+    from importlib.metadata import version
+
+    return LoraFinding(
+        "diffusers' hot-swap of an adapter whose state dict ends on a lora_A key",
+        "load_lora_weights(..., hotswap=True) fails with 'unexpected keys found: ...lora_B.weight': the keys are "
+        "renamed for peft with a stale loop variable (the state dict's last key), so no lora_B key is renamed "
+        "unless the last key is one (ai-toolkit's reordered files fail); the suite moves a lora_B key last before "
+        "the swap, so its checks still run",
+        {"diffusers": version("diffusers"), "peft": version("peft")},
+    )
 
 
 def identity(recipe: Recipe, spec: RunSpec) -> RunRecord:
