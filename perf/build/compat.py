@@ -11,6 +11,7 @@ This module imports no other part of the suite, so the spec, build and run stage
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tempfile
@@ -148,10 +149,16 @@ def hotswap_lora(pipe, path: str, adapter_name: str) -> None:
     one ``lora_B`` weight moved last: the same tensors, alphas and metadata, in an order that release can rename.
     The record names the finding (``perf.run.recording.lora_findings``), so a user of that release knows that
     loading such a file directly fails."""
-    if not hotswap_needs_lora_b_last():
+    with contextlib.ExitStack() as fixes:
+        if hotswap_needs_lora_b_last():
+            fixes.enter_context(mock.patch.object(pipe, "lora_state_dict", _lora_b_last(pipe.lora_state_dict)))
+        if eager_hotswap_swaps_in_smaller_rank():
+            fixes.enter_context(mock.patch("torch.utils.swap_tensors", side_effect=RuntimeError("padded copy")))
         pipe.load_lora_weights(path, adapter_name=adapter_name, hotswap=True)
-        return
-    convert = pipe.lora_state_dict
+
+
+def _lora_b_last(convert):
+    """``lora_state_dict`` whose converted state dict ends on a ``lora_B`` weight."""
 
     def lora_b_last(*args, **kwargs):
         converted = convert(*args, **kwargs)
@@ -161,5 +168,33 @@ def hotswap_lora(pipe, path: str, adapter_name: str) -> None:
             state[last] = state.pop(last)
         return converted
 
-    with mock.patch.object(pipe, "lora_state_dict", lora_b_last):
-        pipe.load_lora_weights(path, adapter_name=adapter_name, hotswap=True)
+    return lora_b_last
+
+
+@functools.cache
+def eager_hotswap_swaps_in_smaller_rank() -> bool:
+    """Whether peft's hot-swap into layers padded for it (``enable_lora_hotswap``) but not compiled puts a smaller
+    adapter's tensors in as they are instead of into the padded ones, measured once per process with peft alone on
+    two Linears (milliseconds): padded to rank 4, hot-swapped to rank 2, the rank read back.
+
+    peft 0.16-0.19 take ``torch.utils.swap_tensors`` whenever the model is not compiled, whatever the shapes: a layer
+    whose ``lora_B`` the new adapter lacks keeps its padded (zeroed) ``lora_B`` beside the new, smaller ``lora_A``,
+    and the next generation fails on the shapes (``mat1 and mat2 shapes cannot be multiplied``; the XLabs adapter on
+    the tiny model). A compiled model (``swap_tensors`` refused) gets the smaller tensors copied into the padded
+    ones, zeros beyond, which is what peft 0.20+ does in both cases. Where this is found, ``hotswap_lora`` makes
+    ``swap_tensors`` refuse so peft takes that path, and the record names the finding."""
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils.hotswap import hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
+
+    def model_of(rank: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["0", "1"]),
+                                           torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))
+
+    model = model_of(4)
+    prepare_model_for_compiled_hotswap(model, target_rank=4)
+    smaller = {k: v for k, v in model_of(2).state_dict().items() if "lora_" in k}
+    hotswap_adapter_from_state_dict(model, smaller, "default", LoraConfig(r=2, lora_alpha=2, target_modules=["0", "1"]))
+    return model[0].lora_A["default"].weight.shape[0] != 4  # not the padded rank any more
