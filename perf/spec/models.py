@@ -230,9 +230,15 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: P
 
     if source.location == "synthetic-full":
         return build_synthetic_pipeline("full", dtype, "cpu" if staged else device, init_device=device)
-    where = synthetic_tiny_folder(cache) if source.location == "synthetic-tiny" else source.location
+    synthetic = source.location == "synthetic-tiny"
+    where = synthetic_tiny_folder(cache) if synthetic else source.location
+    # The synthetic tokenizers are made, not read back: a folder saved under transformers 5 (tokenizer.json only)
+    # is then loadable under transformers 4 too, whose T5Tokenizer would need sentencepiece files, and whose
+    # diffusers refuses a fast tokenizer passed where the folder names the Python one (perf.build.compat).
+    names = ("tokenizer", "tokenizer_2") if synthetic else ()
     try:
-        pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype)
+        pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype, **dict.fromkeys(names))
+        pipe.register_modules(**dict(zip(names, synthetic_tokenizers() if synthetic else (), strict=True)))
     except (OSError, ValueError) as exc:
         raise SuiteError(
             f"could not load the Flux pipeline {source.location!r}: {exc}. Without network access, give a local "
