@@ -5,8 +5,9 @@ Sessions (``nox --list``):
 - ``nox -s tests`` -- what CI runs (``.ci/run`` does the same without nox): ``pytest`` after
   ``pip install -c constraints/known-good.txt -e .[dev]`` (the complete lock of the CPU CI environment, the one
   the CPU baselines were recorded with). ``nox -s tests -- tests/unit -q`` narrows it.
-- ``nox -s floor`` -- the CPU suite under ``constraints/floor.txt`` (the oldest versions the gate supports), its
-  packages overlaid on the ``tests`` environment (no second torch): ``python -m perf.gate --candidate-only``.
+- ``nox -s floor`` -- the CPU suite under ``constraints/floor-lora-fast.txt`` and ``constraints/floor.txt`` (the
+  oldest versions the gate supports), each overlaid on the ``tests`` environment (no second torch):
+  ``python -m perf.gate --candidate-only``.
 - ``nox -s upgrade_gate -- [gate options] [pytest options]`` -- ``python -m perf.gate`` in the environment nox runs
   in (no virtualenv: on a GPU box that is the machine's CUDA torch): the perf suite under
   ``constraints/known-good.txt`` and under ``constraints/candidate.txt``, each side's differing pins overlaid on
@@ -31,7 +32,7 @@ nox.options.sessions = ["tests"]  # bare `nox` runs what CI runs, never the heav
 
 PYTHON = "3.11"  # the constraint sets were checked to install on 3.11
 KNOWN_GOOD = "constraints/known-good.txt"  # the complete lock of the CPU CI environment; .ci/run installs with it too
-FLOOR = "constraints/floor.txt"
+FLOORS = ("constraints/floor-lora-fast.txt", "constraints/floor.txt")  # transformers 4 era, transformers 5
 
 
 @nox.session(python=PYTHON, reuse_venv=True)
@@ -43,9 +44,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, reuse_venv=True)
 def floor(session: nox.Session) -> None:
-    """The CPU suite on the oldest stack the gate supports: floor.txt overlaid on the known-good environment."""
+    """The CPU suite on the oldest stacks the gate supports, each overlaid on the known-good environment: the
+    lora-fast era (transformers 4) and floor.txt (transformers 5), the two sides of perf/build/compat.py."""
     session.install("-c", KNOWN_GOOD, "-e", ".[dev]")
-    session.run("python", "-m", "perf.gate", "--candidate", FLOOR, "--candidate-only", *session.posargs)
+    for floor in FLOORS:
+        session.run("python", "-m", "perf.gate", "--candidate", floor, "--candidate-only", *session.posargs)
 
 
 @nox.session(python=False)

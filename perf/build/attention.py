@@ -27,6 +27,7 @@ from unittest import mock
 
 import torch
 
+from perf.build import compat
 from perf.judge.record import AttentionChoice  # what the build chose is what the record keeps: one type
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")  # the official package first, then the fa3-fwd wheel
@@ -191,7 +192,11 @@ SUITE_BACKENDS = {FA3_BACKEND: _register_fa3, FA3_FP8_BACKEND: _register_fa3, FA
 
 def set_backend(transformer, backend: str) -> None:
     """``transformer.set_attention_backend``; for the suite's own backends without diffusers' package and hub
-    checks (the kernels are local, and registered here)."""
+    checks (the kernels are local, and registered here). Native SDPA goes through ``compat`` (diffusers 0.34 has
+    no backends, only SDPA processors)."""
+    if backend == "native":
+        compat.set_native_attention(transformer)
+        return
     if backend not in SUITE_BACKENDS:
         transformer.set_attention_backend(backend)
         return
@@ -304,10 +309,23 @@ def _fa3(backend: str, shape: tuple[int, int, int, int], device: str) -> Attenti
     return AttentionChoice(backend, kernel, rel_errors={backend: error})
 
 
+def without_backends(requested: str) -> AttentionChoice:
+    """Before diffusers had attention backends (0.34) only native SDPA can be set: ``fa3`` runs it and the record
+    says why; a kernel asked for by name (``fa4``, ``fa3_fp8``) is an error, never replaced by another."""
+    from importlib.metadata import version
+
+    why = f"diffusers {version('diffusers')} has no attention backends (set_attention_backend, diffusers 0.35+)"
+    if requested in ("fa4", "fa3_fp8"):
+        raise AttentionCheckFailed(f"{requested} cannot be set: {why}")
+    return AttentionChoice("native", f"native SDPA; {requested} not used: {why}")
+
+
 def choose_attention(requested: str, device_type: str, shape: tuple[int, int, int, int]) -> AttentionChoice:
     """The backend for ``requested`` (a recipe's ``attention``) on ``device_type``, checked before use."""
     if requested == "sdpa":
         return AttentionChoice("native", "native SDPA")
+    if not compat.has_attention_backends():
+        return without_backends(requested)
     if requested == "fa3_fp8":
         return _fa3(FA3_FP8_BACKEND, shape, device_type)
     not_fa3 = ""

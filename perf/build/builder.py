@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf.build import compile_settings
+from perf.build import compat, compile_settings
 from perf.build.attention import AttentionChoice, choose_attention, set_backend
 from perf.spec.cache import build_once
 from perf.spec.loras import LoraAdapter, check_hotswap
@@ -96,7 +96,8 @@ class BuiltPipeline:
             self.first = adapter
         elif self.recipe.hotswap:
             check_hotswap(self.first, adapter, self.spec.target_rank)
-            load(adapter_name=HOTSWAP_ADAPTER, hotswap=True)
+            with compat.hotswap_fixes(pipe):
+                load(adapter_name=HOTSWAP_ADAPTER, hotswap=True)
         else:
             pipe.unload_lora_weights()
             name = f"adapter_{self.loads}"
@@ -206,7 +207,7 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
         if recipe.compile == "full":
             pipe.transformer.compile(**compile_kwargs)
         else:
-            pipe.transformer.compile_repeated_blocks(**compile_kwargs)
+            compat.compile_repeated_blocks(pipe.transformer, **compile_kwargs)
         facts["compile"] = f"{recipe.compile} fullgraph={fullgraph} mode={recipe.compile_mode or 'default'}"
     if recipe.compile_vae:
         facts["vae"] = compile_vae_decoder(pipe.vae)

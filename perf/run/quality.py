@@ -20,6 +20,7 @@ from unittest import mock
 import numpy as np
 import torch
 
+from perf.build import compat
 from perf.errors import SuiteError
 from perf.judge.baseline_files import thumbnail, to_uint8
 from perf.judge.record import AdapterQuality, Quality, RunRecord
@@ -100,7 +101,7 @@ def _build_synthetic_clip(folder: Path) -> None:
     of their final LayerNorm: every embedding gets a common component, scores sit well above 0 and move with
     the image.
     """
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     tokenizer, _ = synthetic_tokenizers()
     text = dict(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1,
@@ -114,7 +115,7 @@ def _build_synthetic_clip(folder: Path) -> None:
         model.vision_model.post_layernorm.bias.copy_(offset)
         model.text_projection.weight.copy_(model.visual_projection.weight)
     side = _SYNTHETIC_SIDE
-    images = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    images = compat.clip_image_processor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
 

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from perf.build import compat
 from perf.build.builder import BuiltPipeline
 from perf.judge.baseline_files import git_commit, library_versions, now_iso
 from perf.judge.record import (
@@ -63,9 +64,35 @@ def pool_entries(pool: LoraPool) -> tuple[PoolAdapter, ...]:
 def lora_findings(pool: LoraPool) -> tuple[LoraFinding, ...]:
     """What the libraries cannot do with LoRA adapters, as this session measured it: the pool's formats diffusers
     could not load (``perf.spec.loras.format_findings``) and peft's hot-swap ignoring per-module ranks and alphas
-    (``perf.run.hotswap_scaling``, probed once per process)."""
+    (``perf.run.hotswap_scaling``, probed once per process), and the bugs ``perf.build.compat`` works around."""
     scaling = hotswap_scaling_finding()
-    return tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings) + ((scaling,) if scaling else ())
+    formats = tuple(LoraFinding(f.subject, f.problem, f.versions) for f in pool.findings)
+    return formats + ((scaling,) if scaling else ()) + worked_around_findings()
+
+
+WORKED_AROUND = (
+    (compat.hotswap_needs_lora_b_last, "diffusers",
+     "diffusers' hot-swap of an adapter whose state dict ends on a lora_A key",
+     "load_lora_weights(..., hotswap=True) fails with 'unexpected keys found: ...lora_B.weight': the keys are renamed "
+     "for peft with a stale loop variable (the state dict's last key), so no lora_B key is renamed unless the last "
+     "key is one (ai-toolkit's reordered files fail); the suite moves a lora_B key last before the swap"),
+    (compat.eager_hotswap_swaps_in_smaller_rank, "peft",
+     "peft's hot-swap of a smaller-rank adapter into layers padded by enable_lora_hotswap, not compiled",
+     "the smaller tensors are swapped in (torch.utils.swap_tensors) instead of copied into the padded ones, so a layer "
+     "whose lora_B the adapter lacks keeps a padded lora_B beside the smaller lora_A and generation fails ('mat1 and "
+     "mat2 shapes cannot be multiplied'); the suite makes peft copy them into the padded tensors, as compiled models "
+     "and peft 0.20+ do"),
+)
+"""Library bugs ``perf.build.compat`` works around so the checks still run: (probe, library, subject, problem).
+Each is probed once per process, and where found every record names it, so a user of that release knows what
+loading the same files directly would do."""
+
+
+def worked_around_findings() -> tuple[LoraFinding, ...]:
+    from importlib.metadata import version
+
+    return tuple(LoraFinding(subject, f"{problem} (perf.build.compat)", {library: version(library)})
+                 for found, library, subject, problem in WORKED_AROUND if found())
 
 
 def identity(recipe: Recipe, spec: RunSpec) -> RunRecord:

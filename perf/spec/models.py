@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from perf.build import compat
 from perf.errors import SuiteError
 from perf.spec.cache import build_once
 
@@ -157,18 +158,15 @@ def transformer_step_inputs(config: dict[str, Any], image_tokens: int, text_toke
 
 def synthetic_tokenizers():
     """CLIP and T5 tokenizers built offline: byte-level characters, no merges. Real ids, no hub."""
-    from transformers import CLIPTokenizer, T5Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in bytes_to_unicode().values():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    clip = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
     pieces += [(chr(c), -2.0) for c in range(33, 127)]
-    t5 = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-    return clip, t5
+    return compat.clip_tokenizer(vocab, model_max_length=77), compat.t5_tokenizer(pieces, model_max_length=512)
 
 
 @contextlib.contextmanager
@@ -232,9 +230,15 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, device: str, cache: P
 
     if source.location == "synthetic-full":
         return build_synthetic_pipeline("full", dtype, "cpu" if staged else device, init_device=device)
-    where = synthetic_tiny_folder(cache) if source.location == "synthetic-tiny" else source.location
+    synthetic = source.location == "synthetic-tiny"
+    where = synthetic_tiny_folder(cache) if synthetic else source.location
+    # The synthetic tokenizers are made, not read back: a folder saved under transformers 5 (tokenizer.json only)
+    # is then loadable under transformers 4 too, whose T5Tokenizer would need sentencepiece files, and whose
+    # diffusers refuses a fast tokenizer passed where the folder names the Python one (perf.build.compat).
+    names = ("tokenizer", "tokenizer_2") if synthetic else ()
     try:
-        pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype)
+        pipe = FluxPipeline.from_pretrained(where, torch_dtype=dtype, **dict.fromkeys(names))
+        pipe.register_modules(**dict(zip(names, synthetic_tokenizers() if synthetic else (), strict=True)))
     except (OSError, ValueError) as exc:
         raise SuiteError(
             f"could not load the Flux pipeline {source.location!r}: {exc}. Without network access, give a local "

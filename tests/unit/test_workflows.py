@@ -203,14 +203,17 @@ def test_constraint_sets_pin_torch_and_diffusers_and_differ_in_one():
 
 
 def test_each_constraint_set_is_run_by_a_session():
-    """known-good and candidate are the upgrade gate's defaults (nox -s upgrade_gate, bisect); floor.txt is the
-    floor session's (CI): a constraints file no session installs would be a stack nobody tests."""
+    """known-good and candidate are the upgrade gate's defaults (nox -s upgrade_gate, bisect); the floors are the
+    floor session's and CI's: a constraints file no session installs would be a stack nobody tests."""
     from perf.gate.upgrade import build_parser
 
     defaults = build_parser().parse_args([])
     assert nox_listing("upgrade_gate", "bisect", "floor").returncode == 0
-    assert 'FLOOR = "constraints/floor.txt"' in (ROOT / "noxfile.py").read_text()
-    run = {Path(defaults.known_good).stem, Path(defaults.candidate).stem, "floor"}
+    floors = ("floor-lora-fast", "floor")
+    assert f"FLOORS = {tuple(f'constraints/{f}.txt' for f in floors)!r}".replace("'", '"') in (
+        ROOT / "noxfile.py").read_text()
+    assert f"for floor in {' '.join(floors)}; do" in CI_SCRIPT.read_text()
+    run = {Path(defaults.known_good).stem, Path(defaults.candidate).stem, *floors}
     assert run == {p.stem for p in CONSTRAINTS.glob("*.txt")}
 
 
