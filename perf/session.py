@@ -274,11 +274,23 @@ class PerfSession:
             case.release()
             return
         case.save(self.results_dir, self.baselines_to_update, self.option("--overwrite-foreign-baselines"))
+        self.save_timings()
         record = case.record
         self.finished[record.name] = record
         device = case.built.device_type
         case.release()
         assert_no_leak(record.memory_at_start_gib, device, LEAK_SLACK_GIB)
+
+    def save_timings(self) -> None:
+        """With --update-baselines, pytest-benchmark's stored timings are saved right after each recipe's record
+        (its own ``handle_saving``, into the session's one file: ``benchmark_storage.save_atomically``), not only
+        when the session ends: a job killed later (a time limit, the out-of-memory killer) leaves every finished
+        recipe's record and timing in step. A kill between the two writes leaves a pair that the next run reports
+        (``benchmark_storage.torn_pairs``)."""
+        timing = getattr(self.config, "_benchmarksession", None)
+        if self.baselines_to_update and timing is not None and timing.save and not timing.disabled \
+                and timing.benchmarks:
+            timing.handle_saving()
 
     def keep(self, record: RunRecord, images: dict) -> None:
         keep_record(record, images, self.results_dir, self.baselines_to_update,

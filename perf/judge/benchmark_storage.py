@@ -56,15 +56,21 @@ def latest_baseline(folder: Path) -> Path | None:
 def save_atomically(storage) -> None:
     """Make pytest-benchmark's ``FileStorage.save`` write its file as the records are written (temporary file,
     fsync, rename): its own plain write, killed part-way, leaves a truncated ``NNNN_baseline.json`` that the next
-    ``--update-baselines`` and ``--benchmark-compare`` would trip on. Other storages are left as they are."""
+    ``--update-baselines`` and ``--benchmark-compare`` would trip on. Every save of the session goes to the one
+    file named at its first save (the suite saves after each recipe's record, ``PerfSession.save_timings``, and
+    pytest-benchmark once more at the end), each a whole file replacing the last. Other storages are left as
+    they are."""
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.utils import safe_dumps
 
     if not isinstance(storage, FileStorage):
         return
+    named: dict[str, Path] = {}  # --benchmark-save name -> this session's file
 
     def save(output_json: dict[str, Any], save: str) -> None:
-        path = storage.get(f"{storage._next_num}_{save}.json")
+        if save not in named:
+            named[save] = storage.get(f"{storage._next_num}_{save}.json")
+        path = named[save]
         atomic_write_bytes(path, safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
         storage.logger.info(f"Saved benchmark data in: {path}")
 
@@ -152,6 +158,6 @@ def torn_pairs(baselines_dir: Path, profile: str, records: Mapping[str, RunRecor
         torn.append(TornPair(recipe, (
             f"{record_path(baselines_dir, profile, recipe)} ({_timing(latency.rounds, latency.median_s)}) is out of "
             f"step with pytest-benchmark's stored timings: {held}; they were written by different runs (one stopped "
-            f"between the two writes, or one copied without the other); re-record it: pytest tests/perf -m {profile}{emulated} --recipes {recipe} "
-            "--update-baselines")))
+            f"between the two writes, or one copied without the other); re-record it: pytest tests/perf "
+            f"-m {profile}{emulated} --recipes {recipe} --update-baselines")))
     return torn
