@@ -143,6 +143,7 @@ def torn_pairs(baselines_dir: Path, profile: str, records: Mapping[str, RunRecor
     if not stored and not unreadable:
         return []
     rows = latency_rows(stored, profile)
+    cut_short = f" ({', '.join(map(str, unreadable))} cannot be read)" if unreadable else ""
     torn = []
     for recipe, record in sorted(records.items()):
         latency = record.latency
@@ -152,8 +153,7 @@ def torn_pairs(baselines_dir: Path, profile: str, records: Mapping[str, RunRecor
         if stats is not None and same_timing(latency, stats):
             continue
         held = (f"{timings} holds {_timing(stats.get('rounds'), stats.get('median'))}" if stats is not None
-                else f"no stored timing of it under {folder}"
-                + (f" ({', '.join(map(str, unreadable))} cannot be read)" if unreadable else ""))
+                else f"no stored timing of it under {folder}") + cut_short
         emulated = f" --profile {profile}" if record.emulated else ""
         torn.append(TornPair(recipe, (
             f"{record_path(baselines_dir, profile, recipe)} ({_timing(latency.rounds, latency.median_s)}) is out of "

@@ -5,6 +5,7 @@ short message with its exit status, and the disk is as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -333,6 +334,21 @@ def test_a_timing_file_newer_than_its_records_is_reported(tmp_path, capsys):
     write_record(results, read_record(record_path(BASELINES, "cpu", "hotswap_eager")))
     err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
     assert f"stored timings: {machine / f'0004_{SAVE_NAME}.json'} holds median" in err and RERECORD in err
+
+
+def test_a_timing_save_cut_short_is_named_beside_the_record_it_left_behind(tmp_path, capsys):
+    """An older version's plain save killed part-way: the run's record is new, its timing file truncated; the
+    newest readable timing is reported as the record's stale pair, and the truncated file is named."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    shipped = read_record(record_path(BASELINES, "cpu", "hotswap_eager"))
+    write_record(baselines, dataclasses.replace(shipped, latency=Latency.of(SAMPLES, "pytest-benchmark")))
+    machine = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit"
+    (machine / f"0004_{SAVE_NAME}.json").write_text('{"machine_info": {"node": "gpu-bo')
+    results = tmp_path / "results"
+    write_record(results, shipped)
+    err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
+    assert f"{machine / f'0003_{SAVE_NAME}.json'} holds median" in err
+    assert f"({machine / f'0004_{SAVE_NAME}.json'} cannot be read)" in err and RERECORD in err
 
 
 def test_the_shipped_cpu_baselines_are_in_step_with_their_timings(capsys):
