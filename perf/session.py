@@ -461,7 +461,9 @@ class PerfSession:
         if exitstatus == pytest.ExitCode.INTERRUPTED and self.active is not None:
             self.stopped = self.interrupted()
             timings = getattr(getattr(self.config, "_benchmarksession", None), "benchmarks", [])
-            timings[:] = [bench for bench in timings if bench.stats.data]  # the cut-off round's timing is not saved
+            # the recipe cut off has no record: its timing (no rounds, or only some) is not saved either
+            timings[:] = [bench for bench in timings if bench.stats.data and bench.extra_info.get("recipe") in
+                          self.finished]
         if not self.finished:
             return
         lines, failed = verdict_lines(self.stored_baselines, self.finished, self.baselines_dir / self.active.name,

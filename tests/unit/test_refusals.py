@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from fake_records import example_record
-from killed_run import KILL_AT
+from interrupted_run import STOP_AT
 from suite_run import ROOT, disk_state, run_pytest
 from test_user_errors import BASELINES, MAX_LINES, lora_file, pool_args, refused_unchanged
 from test_verdict_inputs import SAMPLES, write_folder
@@ -266,14 +266,19 @@ def shipped_cpu_baselines(tmp_path: Path) -> Path:
     return baselines
 
 
-def recorded_then_killed(tmp_path: Path, cache: Path, moment: str) -> Path:
-    """A copy of the shipped CPU baselines whose hotswap_eager is re-recorded by a run SIGKILLed at ``moment``
-    (``killed_run``); the baselines root."""
-    baselines = shipped_cpu_baselines(tmp_path)
+def update_stopped_at(baselines: Path, results: Path, cache: Path, moment: str) -> subprocess.CompletedProcess:
+    """hotswap_eager re-recorded into ``baselines`` by a run that stops itself at ``moment`` (``interrupted_run``)."""
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT / "tests" / "unit")]))
-    done = run_pytest(*ONE_RECIPE, "--update-baselines", "--baselines-dir", str(baselines), "--results-dir",
-                      str(tmp_path / "killed"), "-p", "killed_run", cache=cache, timeout=600,
-                      env={KILL_AT: moment, "PYTHONPATH": path})
+    return run_pytest(*ONE_RECIPE, "--update-baselines", "--baselines-dir", str(baselines), "--results-dir",
+                      str(results), "-p", "interrupted_run", cache=cache, timeout=600,
+                      env={STOP_AT: moment, "PYTHONPATH": path})
+
+
+def recorded_then_killed(tmp_path: Path, cache: Path, moment: str) -> Path:
+    """A copy of the shipped CPU baselines whose hotswap_eager is re-recorded by a run SIGKILLed at ``moment``;
+    the baselines root."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    done = update_stopped_at(baselines, tmp_path / "killed", cache, moment)
     assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-2000:]
     assert read_record(record_path(baselines, "cpu", "hotswap_eager")) != read_record(
         record_path(BASELINES, "cpu", "hotswap_eager"))
@@ -288,7 +293,7 @@ def test_a_run_killed_between_a_record_and_its_timing_is_reported_by_the_next_ru
     """SIGKILL after hotswap_eager's record is written and before its timing is: the compare CLI (exit 2) and
     the next --benchmark-compare run (an error row; --fail-on-regression fails) say so in one line naming both
     files and the fix, and change nothing; the re-record it names mends the pair."""
-    baselines = recorded_then_killed(tmp_path, tiny_cache, "before-timing-save")
+    baselines = recorded_then_killed(tmp_path, tiny_cache, "kill-before-timing-save")
     assert timings_of(baselines) == SHIPPED_TIMINGS
     stale = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit" / f"0003_{SAVE_NAME}.json"
 
@@ -319,9 +324,24 @@ def test_a_run_killed_between_a_record_and_its_timing_is_reported_by_the_next_ru
 def test_a_run_killed_before_pytest_benchmarks_own_save_leaves_every_record_in_step(tmp_path, tiny_cache):
     """Each recipe's timing is saved right after its record, not only at the session's end: a job killed after its
     last recipe (before pytest-benchmark's save) leaves the new record and the new timing together."""
-    baselines = recorded_then_killed(tmp_path, tiny_cache, "session-end")
+    baselines = recorded_then_killed(tmp_path, tiny_cache, "kill-at-session-end")
     assert len(timings_of(baselines)) == len(SHIPPED_TIMINGS) + 1
     assert torn_pairs(baselines, "cpu", read_records(baselines, "cpu")[0]) == []
+
+
+def test_ctrl_c_while_timing_saves_neither_the_record_nor_its_timing(tmp_path, tiny_cache):
+    """Ctrl-C in the second timed round of a baseline update: pytest-benchmark's save stored the cut-off recipe's
+    first round without its record (a pair out of step, under a line saying nothing was saved); now neither is
+    saved, in one line, with no traceback."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    before = disk_state(baselines)
+    done = update_stopped_at(baselines, tmp_path / "results", tiny_cache, "ctrl-c-while-timing")
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "flux-lora-perf: interrupted: kept no record; the recipe cut off" in output
+    assert "Traceback" not in output and "min() arg" not in output, output
+    assert len(output.splitlines()) < MAX_LINES, output
+    assert disk_state(baselines) == before
 
 
 def test_a_timing_file_newer_than_its_records_is_reported(tmp_path, capsys):
