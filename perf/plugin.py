@@ -150,11 +150,14 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     return report
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """Around pytest-benchmark's (which saves its timings before it yields): an interrupted run drops the timing
+    of the recipe cut off before that save, so no timing is stored without its record."""
     perf = session.config.stash.get(SESSION, None)
     if perf is not None:
         perf.finish(session, exitstatus)
+    return (yield)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

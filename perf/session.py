@@ -67,16 +67,19 @@ class MemoryControl:
 
 
 def verdict_lines(stored: tuple[Mapping[str, RunRecord], list[UnreadableRecord]],
-                  finished: Mapping[str, RunRecord], folder: Path, first_recording: bool) -> tuple[list[str], bool]:
+                  finished: Mapping[str, RunRecord], folder: Path, first_recording: bool,
+                  torn: Iterable[benchmark_storage.TornPair] = ()) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile in ``folder``: table lines, and whether
     the gate fails (``perf.judge.compare.gate_problem``: a regression, a recipe of this run whose baseline file
-    cannot be read, or no recipe compared at all, unless this run records them with --update-baselines)."""
+    cannot be read or is out of step with its stored timing (``torn``), or no recipe compared at all, unless this
+    run records them with --update-baselines)."""
     from perf.judge.compare import compare_records, format_table, gate_problem
 
     records, unreadable = stored
     baselines = {name: records[name] for name in finished if name in records}
     broken = [record for record in unreadable if record.recipe in finished]
-    verdicts = compare_records(baselines, finished, unreadable=broken)
+    verdicts = compare_records(baselines, finished, unreadable=broken,
+                               torn=[pair for pair in torn if pair.recipe in finished])
     problem = gate_problem(verdicts, folder, first_recording)
     return format_table(verdicts).splitlines() + ([problem] if problem else []), problem is not None
 
@@ -170,6 +173,12 @@ class PerfSession:
         """The baselines as they were when the session started: the verdict judges this run against them, also
         when --update-baselines replaces them as each recipe finishes."""
         return read_records(self.baselines_dir, self.active.name)
+
+    @cached_property
+    def stored_torn(self) -> list[benchmark_storage.TornPair]:
+        """The stored baselines out of step with their stored pytest-benchmark timings when the session started
+        (a run killed between writing the two): error rows of the verdict for the recipes this run has."""
+        return benchmark_storage.torn_pairs(self.baselines_dir, self.active.name, self.stored_baselines[0])
 
     @property
     def rounds(self) -> int:
@@ -265,11 +274,23 @@ class PerfSession:
             case.release()
             return
         case.save(self.results_dir, self.baselines_to_update, self.option("--overwrite-foreign-baselines"))
+        self.save_timings()
         record = case.record
         self.finished[record.name] = record
         device = case.built.device_type
         case.release()
         assert_no_leak(record.memory_at_start_gib, device, LEAK_SLACK_GIB)
+
+    def save_timings(self) -> None:
+        """With --update-baselines, pytest-benchmark's stored timings are saved right after each recipe's record
+        (its own ``handle_saving``, into the session's one file: ``benchmark_storage.save_atomically``), not only
+        when the session ends: a job killed later (a time limit, the out-of-memory killer) leaves every finished
+        recipe's record and timing in step. A kill between the two writes leaves a pair that the next run reports
+        (``benchmark_storage.torn_pairs``)."""
+        timing = getattr(self.config, "_benchmarksession", None)
+        if self.baselines_to_update and timing is not None and timing.save and not timing.disabled \
+                and timing.benchmarks:
+            timing.handle_saving()
 
     def keep(self, record: RunRecord, images: dict) -> None:
         keep_record(record, images, self.results_dir, self.baselines_to_update,
@@ -392,14 +413,14 @@ class PerfSession:
         stored, unreadable = benchmark_storage.read_stored(folder)
         for path in unreadable:
             self.progress(f"flux-lora-perf: {path} cannot be read (cut short?): left out of the new stored timings")
-        output_json.update(benchmark_storage.merged_with_stored(output_json, stored))
+        output_json.update(benchmark_storage.merged_with_stored(output_json, stored.values()))
 
     def start(self) -> None:
         """The session starts: the clock, and the baselines read before --update-baselines rewrites them."""
         self.started = time.perf_counter()
         benchmark_storage.save_atomically(getattr(getattr(self.config, "_benchmarksession", None), "storage", None))
         if self.active is not None:
-            self.stored_baselines  # noqa: B018 - read now: --update-baselines rewrites them as recipes finish
+            self.stored_torn  # noqa: B018 - read now (with the records): --update-baselines rewrites them
 
     def record_check(self, item: pytest.Item, report: pytest.TestReport) -> None:
         """Each test of a recipe's case leaves its outcome in the record's ``checks`` (passed, failed, skipped or
@@ -448,11 +469,13 @@ class PerfSession:
         if exitstatus == pytest.ExitCode.INTERRUPTED and self.active is not None:
             self.stopped = self.interrupted()
             timings = getattr(getattr(self.config, "_benchmarksession", None), "benchmarks", [])
-            timings[:] = [bench for bench in timings if bench.stats.data]  # the cut-off round's timing is not saved
+            # the recipe cut off has no record: its timing (no rounds, or only some) is not saved either
+            timings[:] = [bench for bench in timings if bench.stats.data and bench.extra_info.get("recipe") in
+                          self.finished]
         if not self.finished:
             return
         lines, failed = verdict_lines(self.stored_baselines, self.finished, self.baselines_dir / self.active.name,
-                                      self.first_recording)
+                                      self.first_recording, self.stored_torn)
         if failed and self.option("--fail-on-regression"):
             lines.append("failing the run (--fail-on-regression)")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

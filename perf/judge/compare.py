@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 from perf.judge.baseline_files import UnreadableRecord, comparable, folder_problem, read_records
+from perf.judge.benchmark_storage import TornPair, torn_pairs
 from perf.judge.record import RunRecord
 from perf.judge.stack_record import StackCheck, read_stack_check
 
@@ -135,6 +136,12 @@ class Verdict:
     def unreadable(cls, record: UnreadableRecord) -> Verdict:
         """A record file of this comparison that could not be read: an error, so a gating run fails on it."""
         return cls(record.recipe, "record", "error", None, None, None, None, record.message)
+
+    @classmethod
+    def out_of_step(cls, pair: TornPair) -> Verdict:
+        """A stored record whose stored pytest-benchmark timing is another run's: an error, so a gating run fails
+        on it until the recipe is re-recorded."""
+        return cls(pair.recipe, "stored timing", "error", None, None, None, None, pair.message)
 
 
 def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -400,14 +407,18 @@ def judged(recipe: str, baseline: RunRecord, candidate: RunRecord, margin: float
 
 def compare_records(baselines: Mapping[str, RunRecord], candidates: Mapping[str, RunRecord],
                     latency_margin: float | None = None, confidence: float = CONFIDENCE,
-                    unreadable: Sequence[UnreadableRecord] = ()) -> list[Verdict]:
+                    unreadable: Sequence[UnreadableRecord] = (), torn: Sequence[TornPair] = ()) -> list[Verdict]:
     """Verdicts for every recipe of either side; a recipe on one side only is incomparable, saying which.
     ``unreadable``: record files of the compared recipes that could not be read (either side); each is an error
-    verdict in place of its recipe's comparison. ``latency_margin`` None: the profile's default
-    (``latency_threshold``)."""
+    verdict in place of its recipe's comparison. ``torn``: baselines out of step with their stored timings; each is
+    an error verdict after its recipe's comparison (the record itself is whole). ``latency_margin`` None: the
+    profile's default (``latency_threshold``)."""
     broken: dict[str, list[UnreadableRecord]] = {}
     for record in unreadable:
         broken.setdefault(record.recipe, []).append(record)
+    out_of_step: dict[str, list[Verdict]] = {}
+    for pair in torn:
+        out_of_step.setdefault(pair.recipe, []).append(Verdict.out_of_step(pair))
     verdicts = []
     for recipe in sorted(baselines.keys() | candidates.keys() | broken.keys()):
         if recipe in broken:
@@ -418,19 +429,22 @@ def compare_records(baselines: Mapping[str, RunRecord], candidates: Mapping[str,
             verdicts.append(Verdict.incomparable(recipe, "all", "not in this run"))
         else:
             verdicts += compare_record(recipe, baselines[recipe], candidates[recipe], latency_margin, confidence)
+        verdicts += out_of_step.get(recipe, [])
     return verdicts
 
 
 def compare_folders(baseline_root: Path, candidate_root: Path, profile: str, latency_margin: float | None = None,
                     confidence: float = CONFIDENCE) -> tuple[dict[str, RunRecord], list[Verdict]]:
     """A run's records (``candidate_root/<profile>``) and their verdicts against the stored ones. A candidate file
-    that cannot be read, or the baseline of a recipe the run has, is an error verdict; a broken baseline of a
-    recipe the run does not have is not this run's concern."""
+    that cannot be read, or the baseline of a recipe the run has, is an error verdict, and so is such a baseline
+    out of step with its stored pytest-benchmark timing (``torn_pairs``); a broken baseline of a recipe the run
+    does not have is not this run's concern."""
     candidates, broken_candidates = read_records(candidate_root, profile)
     baselines, broken_baselines = read_records(baseline_root, profile)
     ran = candidates.keys() | {record.recipe for record in broken_candidates}
     unreadable = [*broken_candidates, *(record for record in broken_baselines if record.recipe in ran)]
-    verdicts = compare_records(baselines, candidates, latency_margin, confidence, unreadable)
+    torn = torn_pairs(baseline_root, profile, {name: record for name, record in baselines.items() if name in ran})
+    verdicts = compare_records(baselines, candidates, latency_margin, confidence, unreadable, torn)
     check = read_stack_check(candidate_root, profile)
     if check and not check.ok:
         lost = [recipe for recipe in check.recipes or sorted(baselines) if recipe not in ran]
@@ -444,7 +458,8 @@ def any_regression(verdicts: Sequence[Verdict]) -> bool:
 
 
 def any_error(verdicts: Sequence[Verdict]) -> bool:
-    """A record of the comparison could not be read: the gate cannot vouch for that recipe."""
+    """A record of the comparison could not be read, or a baseline is out of step with its stored timing: the
+    gate cannot vouch for that recipe."""
     return any(v.verdict == "error" for v in verdicts)
 
 
@@ -468,7 +483,7 @@ def gate_problem(verdicts: Sequence[Verdict], baselines: Path, first_recording: 
     """Why a gating run (``--fail-on-regression``, or this module's exit status) fails, or None. Comparing nothing
     fails unless this is a ``first_recording`` (the run is recording the baselines it had none of)."""
     if any_error(verdicts):
-        return "a record of a compared recipe could not be read"
+        return "a record of a compared recipe could not be read or is out of step with its stored timing"
     if any_regression(verdicts):
         return "regression found"
     empty = nothing_compared(verdicts, baselines)
@@ -504,8 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m perf.judge.compare",
         description="Compare a run's records with stored baselines and print one verdict table (a check the run "
         "failed, or a library stack that failed the suite's stack check, is a regressed row). Exit status: "
-        "0 no regression, 1 at least one regression, 2 nothing to compare or a record of a compared recipe "
-        "unreadable (the table still judges the other recipes; 2 outranks 1).",
+        "0 no regression, 1 at least one regression, 2 nothing to compare, or a record of a compared recipe "
+        "unreadable or out of step with its stored pytest-benchmark timing (the table still judges the other "
+        "recipes; 2 outranks 1).",
     )
     parser.add_argument("baseline_dir", type=Path, metavar="BASELINE_DIR",
                         help="baselines root holding <profile>/<recipe>.json (e.g. baselines)")

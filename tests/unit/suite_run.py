@@ -10,8 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_pytest(*args: str, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(cache)}
+def run_pytest(*args: str, cache: Path, timeout: float = 120, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """``pytest tests/perf ARGS`` in a child process; ``env``: variables set for it on top of this one's."""
+    env = {**os.environ, "FLUX_LORA_PERF_CACHE": str(cache), **(env or {})}
     env.pop("FLUX_LORA_PERF_SESSION", None)  # the child is a run of its own, not part of this one
     return subprocess.run(
         [sys.executable, "-m", "pytest", "tests/perf", *args, "-q", "-p", "no:cacheprovider"],

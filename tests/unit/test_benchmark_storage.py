@@ -73,7 +73,7 @@ def test_a_truncated_stored_file_is_left_out_not_a_traceback(tmp_path):
     stored, unreadable = read_stored(tmp_path)
 
     assert unreadable == [machine / f"0002_{SAVE_NAME}.json"]
-    assert [b["stats"]["median"] for s in stored for b in s["benchmarks"]] == [0.1]
+    assert [b["stats"]["median"] for s in stored.values() for b in s["benchmarks"]] == [0.1]
     assert latest_baseline(tmp_path) == machine / f"0001_{SAVE_NAME}.json"
 
 

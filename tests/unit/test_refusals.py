@@ -1,9 +1,12 @@
 """Nothing lost, nothing judged empty (issue 24): every path and option is checked once before any test, a
-command whose input is missing writes nothing, a baseline of another run is replaced only on purpose, and a gate
-that compared nothing fails. Each refusal is one short message with its exit status, and the disk is as it was."""
+command whose input is missing writes nothing, a baseline of another run is replaced only on purpose, a gate
+that compared nothing fails, and a record out of step with its stored timing is reported. Each refusal is one
+short message with its exit status, and the disk is as it was."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -13,14 +16,16 @@ from pathlib import Path
 
 import pytest
 from fake_records import example_record
+from interrupted_run import STOP_AT
 from suite_run import ROOT, disk_state, run_pytest
 from test_user_errors import BASELINES, MAX_LINES, lora_file, pool_args, refused_unchanged
 from test_verdict_inputs import SAMPLES, write_folder
 
-from perf.judge.baseline_files import read_records, record_path, write_record
+from perf.judge.baseline_files import read_record, read_records, record_path, write_record
+from perf.judge.benchmark_storage import LATENCY_TEST, SAVE_NAME, benchmarks_folder, torn_pairs
 from perf.judge.calibrate import main as calibrate_main
 from perf.judge.compare import main as compare_main
-from perf.judge.record import PoolAdapter
+from perf.judge.record import Latency, PoolAdapter
 from perf.report.report import main as report_main
 from perf.session import verdict_lines
 
@@ -246,3 +251,173 @@ def test_ctrl_c_during_a_baseline_update_says_what_was_saved_and_leaves_the_base
     assert "Traceback" not in output and "min() arg" not in output, output
     assert len(output.splitlines()) < MAX_LINES, output
     assert disk_state(baselines) == before
+
+
+# --- a record and its stored timing: saved in step, or reported -----------------------------------------------
+
+ONE_RECIPE = ("-m", "cpu", "--recipes", "hotswap_eager", "--no-cold-start", "--no-churn", "--rounds", "3")
+SHIPPED_TIMINGS = sorted(p.relative_to(BASELINES) for p in benchmarks_folder(BASELINES, "cpu").rglob("*.json"))
+RERECORD = "re-record it: pytest tests/perf -m cpu --recipes hotswap_eager --update-baselines"
+
+
+def shipped_cpu_baselines(tmp_path: Path) -> Path:
+    baselines = tmp_path / "baselines"
+    shutil.copytree(BASELINES / "cpu", baselines / "cpu")
+    return baselines
+
+
+def update_stopped_at(baselines: Path, results: Path, cache: Path, moment: str) -> subprocess.CompletedProcess:
+    """hotswap_eager re-recorded into ``baselines`` by a run that stops itself at ``moment`` (``interrupted_run``)."""
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT / "tests" / "unit")]))
+    return run_pytest(*ONE_RECIPE, "--update-baselines", "--baselines-dir", str(baselines), "--results-dir",
+                      str(results), "-p", "interrupted_run", cache=cache, timeout=600,
+                      env={STOP_AT: moment, "PYTHONPATH": path})
+
+
+def recorded_then_killed(tmp_path: Path, cache: Path, moment: str) -> Path:
+    """A copy of the shipped CPU baselines whose hotswap_eager is re-recorded by a run SIGKILLed at ``moment``;
+    the baselines root."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    done = update_stopped_at(baselines, tmp_path / "killed", cache, moment)
+    assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-2000:]
+    assert read_record(record_path(baselines, "cpu", "hotswap_eager")) != read_record(
+        record_path(BASELINES, "cpu", "hotswap_eager"))
+    return baselines
+
+
+def timings_of(baselines: Path) -> list[Path]:
+    return sorted(p.relative_to(baselines) for p in benchmarks_folder(baselines, "cpu").rglob("*.json"))
+
+
+def test_a_run_killed_between_a_record_and_its_timing_is_reported_by_the_next_run(tmp_path, tiny_cache, capsys):
+    """SIGKILL after hotswap_eager's record is written and before its timing is: the compare CLI (exit 2) and
+    the next --benchmark-compare run (an error row; --fail-on-regression fails) say so in one line naming both
+    files and the fix, and change nothing; the re-record it names mends the pair."""
+    baselines = recorded_then_killed(tmp_path, tiny_cache, "kill-before-timing-save")
+    assert timings_of(baselines) == SHIPPED_TIMINGS
+    stale = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit" / f"0003_{SAVE_NAME}.json"
+
+    err = refused_command(compare_main, [str(baselines), str(tmp_path / "killed"), "--profile", "cpu"], capsys,
+                          tmp_path)
+    assert f"error: {record_path(baselines, 'cpu', 'hotswap_eager')} (median" in err
+    assert f"is out of step with pytest-benchmark's stored timings: {stale} holds median" in err
+    assert RERECORD in err
+
+    before = disk_state(baselines)
+    done = run_pytest(*ONE_RECIPE, "--benchmark-compare", "--fail-on-regression", "--baselines-dir", str(baselines),
+                      "--results-dir", str(tmp_path / "next"), cache=tiny_cache, timeout=600)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    verdict = done.stdout[done.stdout.index("flux-lora-perf verdict"):]
+    (row,) = [line for line in verdict.splitlines() if "out of step with pytest-benchmark" in line]
+    assert row.split()[:4] == ["hotswap_eager", "stored", "timing", "error"] and RERECORD in row
+    assert "a record of a compared recipe could not be read or is out of step with its stored timing" in verdict
+    assert "failing the run (--fail-on-regression)" in verdict
+    assert "Traceback" not in done.stdout + done.stderr
+    assert disk_state(baselines) == before
+
+    mended = run_pytest(*ONE_RECIPE, "--update-baselines", "--baselines-dir", str(baselines), "--results-dir",
+                        str(tmp_path / "mended"), cache=tiny_cache, timeout=600)
+    assert mended.returncode == 0, mended.stdout[-3000:]
+    assert torn_pairs(baselines, "cpu", read_records(baselines, "cpu")[0]) == []
+
+
+def test_a_run_killed_before_pytest_benchmarks_own_save_leaves_every_record_in_step(tmp_path, tiny_cache):
+    """Each recipe's timing is saved right after its record, not only at the session's end: a job killed after its
+    last recipe (before pytest-benchmark's save) leaves the new record and the new timing together."""
+    baselines = recorded_then_killed(tmp_path, tiny_cache, "kill-at-session-end")
+    assert len(timings_of(baselines)) == len(SHIPPED_TIMINGS) + 1
+    assert torn_pairs(baselines, "cpu", read_records(baselines, "cpu")[0]) == []
+
+
+def test_ctrl_c_while_timing_saves_neither_the_record_nor_its_timing(tmp_path, tiny_cache):
+    """Ctrl-C in the second timed round of a baseline update: pytest-benchmark's save stored the cut-off recipe's
+    first round without its record (a pair out of step, under a line saying nothing was saved); now neither is
+    saved, in one line, with no traceback."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    before = disk_state(baselines)
+    done = update_stopped_at(baselines, tmp_path / "results", tiny_cache, "ctrl-c-while-timing")
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "flux-lora-perf: interrupted: kept no record; the recipe cut off" in output
+    assert "Traceback" not in output and "min() arg" not in output, output
+    assert len(output.splitlines()) < MAX_LINES, output
+    assert disk_state(baselines) == before
+
+
+def test_a_timing_file_newer_than_its_records_is_reported(tmp_path, capsys):
+    """The other way round: the newest stored timings are another run's (saved with --benchmark-save baseline and
+    no --update-baselines, or restored from git without their records)."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    machine = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit"
+    shutil.copy(machine / f"0002_{SAVE_NAME}.json", machine / f"0004_{SAVE_NAME}.json")  # an older run's, newest now
+    results = tmp_path / "results"
+    write_record(results, read_record(record_path(BASELINES, "cpu", "hotswap_eager")))
+    err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
+    assert f"stored timings: {machine / f'0004_{SAVE_NAME}.json'} holds median" in err and RERECORD in err
+
+
+def test_a_timing_save_cut_short_is_named_beside_the_record_it_left_behind(tmp_path, capsys):
+    """An older version's plain save killed part-way: the run's record is new, its timing file truncated; the
+    newest readable timing is reported as the record's stale pair, and the truncated file is named."""
+    baselines = shipped_cpu_baselines(tmp_path)
+    shipped = read_record(record_path(BASELINES, "cpu", "hotswap_eager"))
+    write_record(baselines, dataclasses.replace(shipped, latency=Latency.of(SAMPLES, "pytest-benchmark")))
+    machine = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit"
+    (machine / f"0004_{SAVE_NAME}.json").write_text('{"machine_info": {"node": "gpu-bo')
+    results = tmp_path / "results"
+    write_record(results, shipped)
+    err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
+    assert f"{machine / f'0003_{SAVE_NAME}.json'} holds median" in err
+    assert f"({machine / f'0004_{SAVE_NAME}.json'} cannot be read)" in err and RERECORD in err
+
+
+def test_the_shipped_cpu_baselines_are_in_step_with_their_timings(capsys):
+    """The negative control on an unchanged stack: every shipped CPU record and its stored timing agree, and the
+    baselines judged against themselves pass."""
+    records, _ = read_records(BASELINES, "cpu")
+    assert records and torn_pairs(BASELINES, "cpu", records) == []
+    assert compare_main([str(BASELINES), str(BASELINES), "--profile", "cpu"]) == 0
+    assert "out of step" not in capsys.readouterr().out
+
+
+def latency_row(recipe: str, latency: Latency) -> dict:
+    """pytest-benchmark's stored row of ``recipe``'s latency test, as it saves it (statistics, no raw data)."""
+    return {"name": f"{LATENCY_TEST}[h100-{recipe}]", "extra_info": {"recipe": recipe, "profile": "h100"},
+            "stats": {"median": latency.median_s, "min": latency.min_s, "mean": latency.mean_s,
+                      "rounds": latency.rounds}}
+
+
+def stored_timing(baselines: Path, *rows: dict) -> Path:
+    path = benchmarks_folder(baselines, "h100") / "Linux-CPython-3.12-64bit" / f"0001_{SAVE_NAME}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"benchmarks": list(rows)}))
+    return path
+
+
+@pytest.mark.parametrize(("recorded", "stored", "reported"), [
+    (SAMPLES, SAMPLES, False),
+    (SAMPLES, [s * (1 + 1e-6) for s in SAMPLES], True),  # the smallest difference: a millionth of the median
+    (SAMPLES, SAMPLES[:3], True),  # another run's rounds
+    (SAMPLES, None, True),  # no row of the recipe in the stored timings
+])
+def test_a_record_and_its_stored_timing_agree_to_the_last_digit(tmp_path, recorded, stored, reported):
+    record = example_record("optimized", recorded)
+    write_record(tmp_path, record)
+    other = example_record("baseline", SAMPLES)
+    rows = [latency_row("baseline", other.latency)]
+    if stored is not None:
+        rows.append(latency_row("optimized", Latency.of(stored, "pytest-benchmark")))
+    stored_timing(tmp_path, *rows)
+    torn = torn_pairs(tmp_path, "h100", {"optimized": record})
+    assert [pair.recipe for pair in torn] == (["optimized"] if reported else [])
+
+
+def test_records_without_a_stored_timing_of_their_own_are_not_reported(tmp_path):
+    """A folder with no stored timings holds records only; a record timed by the suite's own timer
+    (pytest-benchmark off, under pytest-xdist) or not timed at all never had a row."""
+    timed = example_record("optimized", SAMPLES)
+    assert torn_pairs(tmp_path, "h100", {"optimized": timed}) == []
+    stored_timing(tmp_path, latency_row("baseline", timed.latency))
+    by_the_suite = example_record("optimized", SAMPLES, latency=Latency.of(SAMPLES, "suite"))
+    untimed = example_record("no_fp8", latency=Latency.of([]))
+    assert torn_pairs(tmp_path, "h100", {"optimized": by_the_suite, "no_fp8": untimed}) == []
