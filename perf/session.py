@@ -71,8 +71,8 @@ def verdict_lines(stored: tuple[Mapping[str, RunRecord], list[UnreadableRecord]]
                   torn: Iterable[benchmark_storage.TornPair] = ()) -> tuple[list[str], bool]:
     """This run's records against the stored baselines of the same profile in ``folder``: table lines, and whether
     the gate fails (``perf.judge.compare.gate_problem``: a regression, a recipe of this run whose baseline file
-    cannot be read or is out of step with its stored timing (``torn``), or no recipe compared at all, unless this
-    run records them with --update-baselines)."""
+    cannot be read, or no recipe compared at all, unless this run records them with --update-baselines). A
+    baseline out of step with its stored timing (``torn``) is a row saying so and how to mend it."""
     from perf.judge.compare import compare_records, format_table, gate_problem
 
     records, unreadable = stored

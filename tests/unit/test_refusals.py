@@ -132,6 +132,17 @@ def refused_command(main, argv: list[str], capsys, *watched: Path) -> str:
     return err
 
 
+def warned_command(main, argv: list[str], capsys, *watched: Path) -> str:
+    """A comparison that succeeds (exit 0) with one warning line and changes nothing on disk: its stderr."""
+    before = disk_state(*watched)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert len((out + err).splitlines()) < MAX_LINES, out + err
+    assert err.count("warning:") == 1 and "error:" not in err, err
+    assert disk_state(*watched) == before
+    return err
+
+
 def test_compare_with_a_missing_baselines_folder_exits_two(tmp_path, capsys):
     results = write_folder(tmp_path / "results", ["baseline"])
     err = refused_command(compare_main, [str(tmp_path / "nonexistent"), str(results), "--profile", "h100"], capsys,
@@ -290,28 +301,28 @@ def timings_of(baselines: Path) -> list[Path]:
 
 
 def test_a_run_killed_between_a_record_and_its_timing_is_reported_by_the_next_run(tmp_path, tiny_cache, capsys):
-    """SIGKILL after hotswap_eager's record is written and before its timing is: the compare CLI (exit 2) and
-    the next --benchmark-compare run (an error row; --fail-on-regression fails) say so in one line naming both
-    files and the fix, and change nothing; the re-record it names mends the pair."""
+    """SIGKILL after hotswap_eager's record is written and before its timing is: the compare CLI (a warning) and
+    the next --benchmark-compare run (a row) say so in one line naming both files and the fix, and change nothing;
+    the gate still judges the record, which is whole (--fail-on-regression passes on an unchanged tree); the
+    re-record it names mends the pair."""
     baselines = recorded_then_killed(tmp_path, tiny_cache, "kill-before-timing-save")
     assert timings_of(baselines) == SHIPPED_TIMINGS
     stale = benchmarks_folder(baselines, "cpu") / "Linux-CPython-3.11-64bit" / f"0003_{SAVE_NAME}.json"
 
-    err = refused_command(compare_main, [str(baselines), str(tmp_path / "killed"), "--profile", "cpu"], capsys,
-                          tmp_path)
-    assert f"error: {record_path(baselines, 'cpu', 'hotswap_eager')} (median" in err
+    err = warned_command(compare_main, [str(baselines), str(tmp_path / "killed"), "--profile", "cpu"], capsys,
+                         tmp_path)
+    assert f"warning: {record_path(baselines, 'cpu', 'hotswap_eager')} (median" in err
     assert f"is out of step with pytest-benchmark's stored timings: {stale} holds median" in err
     assert RERECORD in err
 
     before = disk_state(baselines)
     done = run_pytest(*ONE_RECIPE, "--benchmark-compare", "--fail-on-regression", "--baselines-dir", str(baselines),
                       "--results-dir", str(tmp_path / "next"), cache=tiny_cache, timeout=600)
-    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     verdict = done.stdout[done.stdout.index("flux-lora-perf verdict"):]
     (row,) = [line for line in verdict.splitlines() if "out of step with pytest-benchmark" in line]
-    assert row.split()[:4] == ["hotswap_eager", "stored", "timing", "error"] and RERECORD in row
-    assert "a record of a compared recipe could not be read or is out of step with its stored timing" in verdict
-    assert "failing the run (--fail-on-regression)" in verdict
+    assert row.split()[:4] == ["hotswap_eager", "stored", "timing", "incomparable"] and RERECORD in row
+    assert "failing the run" not in verdict
     assert "Traceback" not in done.stdout + done.stderr
     assert disk_state(baselines) == before
 
@@ -352,7 +363,7 @@ def test_a_timing_file_newer_than_its_records_is_reported(tmp_path, capsys):
     shutil.copy(machine / f"0002_{SAVE_NAME}.json", machine / f"0004_{SAVE_NAME}.json")  # an older run's, newest now
     results = tmp_path / "results"
     write_record(results, read_record(record_path(BASELINES, "cpu", "hotswap_eager")))
-    err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
+    err = warned_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
     assert f"stored timings: {machine / f'0004_{SAVE_NAME}.json'} holds median" in err and RERECORD in err
 
 
@@ -366,7 +377,7 @@ def test_a_timing_save_cut_short_is_named_beside_the_record_it_left_behind(tmp_p
     (machine / f"0004_{SAVE_NAME}.json").write_text('{"machine_info": {"node": "gpu-bo')
     results = tmp_path / "results"
     write_record(results, shipped)
-    err = refused_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
+    err = warned_command(compare_main, [str(baselines), str(results), "--profile", "cpu"], capsys, tmp_path)
     assert f"{machine / f'0003_{SAVE_NAME}.json'} holds median" in err
     assert f"({machine / f'0004_{SAVE_NAME}.json'} cannot be read)" in err and RERECORD in err
 
