@@ -33,6 +33,7 @@ from perf.judge.baseline_files import (
     refuse_foreign,
 )
 from perf.judge.record import COMPLETED, Outcome, PeakMemory, RunRecord
+from perf.judge.serving_record import ServingResult
 from perf.judge.stack_record import BROKEN_STACK_EXIT, StackCheck
 from perf.run.case import Case, CaseFailed, WrongAdapterCheck, keep_record, open_case
 from perf.run.checks import over_budget
@@ -302,6 +303,16 @@ class PerfSession:
 
     def runs_serving(self, recipe: Recipe) -> bool:
         return recipe.serves_hotswap and not self.option("--no-serving")
+
+    def serve(self, case: Case, scenario: str) -> ServingResult:
+        """``case``'s serving scenario ``scenario`` (run once), its record rewritten in the results folder as soon as
+        it is done: on a GPU each scenario compiles graphs for minutes, and a job cut off at its time limit keeps
+        every scenario it finished."""
+        fresh = scenario not in case.serving_results
+        result = case.serving(scenario, self.resident_adapters(), self.progress)
+        if fresh:
+            case.save(self.results_dir, None, overwrite_foreign=True)
+        return result
 
     def resident_adapters(self) -> list[LoraAdapter]:
         """The candidates for the resident scenarios' eight adapters: the main pool's, then the churn's (every one a

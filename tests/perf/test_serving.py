@@ -23,7 +23,7 @@ def served(case, suite, scenario):
     if not suite.runs_serving(case.recipe):
         pytest.skip(f"{case.recipe.name}: the serving scenarios run on compiled hot-swap recipes only (where a request "
                     "can recompile), and not under --no-serving")
-    return case.serving(scenario, suite.resident_adapters(), suite.progress)
+    return suite.serve(case, scenario)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
