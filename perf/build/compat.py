@@ -147,29 +147,32 @@ def hotswap_needs_lora_b_last() -> bool:
 @contextlib.contextmanager
 def hotswap_fixes(pipe) -> Iterator[None]:
     """Around a ``load_lora_weights(..., hotswap=True)``: where diffusers hot-swaps only a state dict ending on a
-    ``lora_B`` weight (``hotswap_needs_lora_b_last``), the converted state dict is handed on with one ``lora_B``
+    ``lora_B`` weight (``hotswap_needs_lora_b_last``), the state dict reaches the transformer with one ``lora_B``
     weight moved last (the same tensors, alphas and metadata, in an order that release can rename); where peft
     swaps a smaller rank in eagerly (``eager_hotswap_swaps_in_smaller_rank``), it takes the padded copy. The record
     names each finding (``perf.run.recording.lora_findings``), so a user of that release knows that loading such a
     file directly fails."""
     with contextlib.ExitStack() as fixes:
         if hotswap_needs_lora_b_last():
-            fixes.enter_context(mock.patch.object(pipe, "lora_state_dict", _lora_b_last(pipe.lora_state_dict)))
+            transformer = pipe.transformer
+            fixes.enter_context(mock.patch.object(transformer, "load_lora_adapter",
+                                                  _lora_b_last(transformer.load_lora_adapter)))
         if eager_hotswap_swaps_in_smaller_rank():
             fixes.enter_context(mock.patch("torch.utils.swap_tensors", side_effect=RuntimeError("padded copy")))
         yield
 
 
-def _lora_b_last(convert):
-    """``lora_state_dict`` whose converted state dict ends on a ``lora_B`` weight."""
+def _lora_b_last(load):
+    """The transformer's ``load_lora_adapter`` handed a state dict that ends on a ``lora_B`` weight (moved in place:
+    diffusers pops the keys it takes from the dict it is given). Both ways in reach it: a file through
+    ``load_lora_weights`` and an adapter kept in memory (``perf.build.builder.CachedLora``)."""
 
-    def lora_b_last(*args, **kwargs):
-        converted = convert(*args, **kwargs)
-        state = converted[0] if isinstance(converted, tuple) else converted
-        last = next((k for k in reversed(state) if k.endswith("lora_B.weight")), None)
-        if last is not None:
-            state[last] = state.pop(last)
-        return converted
+    def lora_b_last(state, *args, **kwargs):
+        if isinstance(state, dict):
+            last = next((k for k in reversed(state) if k.endswith("lora_B.weight")), None)
+            if last is not None:
+                state[last] = state.pop(last)
+        return load(state, *args, **kwargs)
 
     return lora_b_last
 

@@ -105,23 +105,36 @@ def test_regional_compile_without_compile_repeated_blocks_compiles_each_flux_blo
 
 
 def fake_pipe(state: dict, seen: list):
+    """A pipeline whose transformer records the key order it is handed and the swap_tensors in effect."""
+    def load_lora_adapter(state_dict, adapter_name, hotswap):
+        seen.append((list(state_dict), torch.utils.swap_tensors))
+
+    transformer = SimpleNamespace(load_lora_adapter=load_lora_adapter)
+
     def load_lora_weights(path, adapter_name, hotswap):
-        converted = pipe.lora_state_dict(path)
-        seen.append((list(converted[0]), torch.utils.swap_tensors))
-    pipe = SimpleNamespace(lora_state_dict=lambda path: (dict(state), None, None), load_lora_weights=load_lora_weights)
+        pipe.transformer.load_lora_adapter(dict(state), adapter_name=adapter_name, hotswap=hotswap)
+
+    pipe = SimpleNamespace(transformer=transformer, load_lora_weights=load_lora_weights)
     return pipe
 
 
 @pytest.mark.parametrize("needs_lora_b_last", [False, True])
 @pytest.mark.parametrize("swaps_in_smaller", [False, True])
-def test_hotswap_fixes_work_around_only_the_bugs_found(monkeypatch, needs_lora_b_last, swaps_in_smaller):
+@pytest.mark.parametrize("from_memory", [False, True])
+def test_hotswap_fixes_work_around_only_the_bugs_found(monkeypatch, needs_lora_b_last, swaps_in_smaller,
+                                                       from_memory):
+    """From a file (``load_lora_weights``) or from memory (the transformer's ``load_lora_adapter``, as a server's
+    cached adapter is loaded), the transformer gets the order and the copy path each release needs."""
     monkeypatch.setattr(compat, "hotswap_needs_lora_b_last", lambda: needs_lora_b_last)
     monkeypatch.setattr(compat, "eager_hotswap_swaps_in_smaller_rank", lambda: swaps_in_smaller)
     state = {"a.lora_A.weight": 0, "a.lora_B.weight": 0, "b.lora_B.weight": 0, "b.lora_A.weight": 0}
     seen = []
     pipe = fake_pipe(state, seen)
     with compat.hotswap_fixes(pipe):
-        pipe.load_lora_weights("x.safetensors", adapter_name="default_0", hotswap=True)
+        if from_memory:
+            pipe.transformer.load_lora_adapter(dict(state), adapter_name="default_0", hotswap=True)
+        else:
+            pipe.load_lora_weights("x.safetensors", adapter_name="default_0", hotswap=True)
     [(keys, swap_tensors)] = seen
     assert keys[-1] == ("b.lora_B.weight" if needs_lora_b_last else "b.lora_A.weight")
     assert sorted(keys) == sorted(state)
