@@ -58,15 +58,19 @@ from perf.spec.loras import LoraAdapter, check_hotswap
 
 SCALES = (0.6, 0.8, 1.0, 1.2)
 UNSEEN_SCALE = 0.9  # served once the others are warm: a server's users pick any scale, not four
-SCALE_DEFECTS = (0.005, 0.01, 0.02)  # a request served at s * (1 - e): the check's error measured for each e
-SCALE_DEFECT = 0.02
-"""The scale error the scale check must catch at every scale (its negative control). Calibrated on the tiny model's
-real-world pool, the compiled CPU row (no_fa3_fp8; torch 2.13, diffusers 0.42.1, peft 0.21.2), adapter kohya: a
-correct scale reads 0.0 at 0.6, 0.8, 0.9, 1.0 and 1.2 in each run (the same compiled graph fed the same tensors, bit
-for bit: no false alarm); a scale served off by 0.5% reads 0.0090/0.0042/0.0033/0.0029/0.0022 of the adapter's effect
-at those scales, 1% off 0.0181/0.0085/0.0066/0.0057/0.0045 (below the 0.005 tolerance at 1.2), 2% off
-0.0367/0.0173/0.0134/0.0116/0.0091. So 2% is the smallest error caught at every scale, 1% only up to 1.0; each run
-measures the three again (``ScaleFigures.sensitivity``) and records the smallest it caught at every scale."""
+SCALE_DEFECTS = (0.005, 0.01, 0.02, 0.05)  # a request served at s * (1 - e): the check's error measured for each e
+SCALE_DEFECT = 0.05
+"""The scale error the scale check must catch at every scale on every supported stack (its negative control).
+Calibrated on the tiny model's real-world pool, the compiled CPU row (no_fa3_fp8), adapter kohya. On the known-good
+stack (torch 2.13, diffusers 0.42.1, peft 0.21.2) a correct scale reads 0.0 at 0.6, 0.8, 0.9, 1.0 and 1.2 in each
+run (the same compiled graph fed the same tensors, bit for bit: no false alarm); served off by 0.5% it reads
+0.0090/0.0042/0.0033/0.0029/0.0022 of the adapter's effect at those scales, 1% off 0.0181/0.0085/0.0066/0.0057/0.0045,
+2% off 0.0367/0.0173/0.0134/0.0116/0.0091: 2% is caught at every scale there, 1% only up to 1.0. On the lora-fast
+floor (diffusers 0.34, which converts none of kohya's proj_out, embedder and single-block attention/MLP keys; peft
+0.16) the check is weaker and moves between fresh runs: 2% off read 0.0057 and 0.0027 at 1.2 (0.0060 and 0.0041 at
+1.0) in two runs, below the 0.005 tolerance in the second. The error is linear in the defect (0.5/1/2% read in the
+ratio 1:2:4 at every scale), so 5% reads about 0.0068 there at worst: the gated defect is 5%, and each run records
+the smallest it caught at every scale (``ScaleFigures.smallest_defect_caught``: 2% on the known-good stack)."""
 BATCHES = (1, 2, 4)
 FIT_BATCHES = (1, 2, 4, 8, 16)  # tried in turn on a GPU profile with a memory budget, up to the first that fails
 RESIDENT = 8
