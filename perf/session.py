@@ -178,7 +178,7 @@ class PerfSession:
     @cached_property
     def stored_torn(self) -> list[benchmark_storage.TornPair]:
         """The stored baselines out of step with their stored pytest-benchmark timings when the session started
-        (a run killed between writing the two): error rows of the verdict for the recipes this run has."""
+        (a run killed between writing the two): rows of the verdict, with the fix, for the recipes this run has."""
         return benchmark_storage.torn_pairs(self.baselines_dir, self.active.name, self.stored_baselines[0])
 
     @property
