@@ -97,7 +97,8 @@ class TornPair:
     """A stored record and its profile's stored timings that disagree on the recipe's latency: they were written
     by different runs (one killed between the record and pytest-benchmark's save, or timings saved without their
     records). The record is still a whole, valid measurement, so the verdict keeps judging it, with this beside
-    it as an ``error``: ``--benchmark-compare`` would compare against timings the record does not hold."""
+    it as a row naming the fix (not a failure): ``--benchmark-compare`` would compare against timings the record
+    does not hold."""
 
     recipe: str
     message: str  # one line: both files, what each holds, the fix
