@@ -117,8 +117,8 @@ class NamedFigures:
     recompiles_per_switch: tuple[Count, ...]
     first_step_seconds: dict[str, Seconds]  # a first switch's step, compiling included
     failure: LimitHit | None = None  # a switch that failed at the real limit
-    limit_shown: LimitHit | None = None  # the switch past a limit lowered to the graphs held (CPU)
-    stopped_after: Count | None = None  # switches made on the CPU (None: all, on a GPU)
+    limit_shown: LimitHit | None = None  # the switch past a limit lowered to the graphs held
+    stopped_after: Count | None = None  # switches made (None: all, in records before 2026-11-30)
 
 
 @frozen_section

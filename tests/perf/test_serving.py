@@ -103,7 +103,7 @@ def test_largest_batch_that_fits_is_recorded(case, suite):
     "measured on torch 2.13, diffusers 0.42.1, peft 0.21.2 (the record's finding has the figures): each "
     "set_adapters switch to a named adapter not switched to before compiles a graph, so dynamo's recompile_limit "
     "(8) bounds the adapters one compiled transformer serves, and under fullgraph=True the switch past it fails "
-    "(FailOnRecompileLimitHit; on the CPU shown with the limit set to the graphs held)")
+    "(FailOnRecompileLimitHit; shown with the limit set to the graphs held)")
 def test_named_adapters_switch_without_compiling_or_failing(case, suite):
     result = served(case, suite, "named")
     figures = result.named
