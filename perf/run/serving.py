@@ -77,9 +77,10 @@ RESIDENT = 8
 TWO_WEIGHTS = ((1.0, 1.0), (0.7, 0.3), (0.3, 0.9))  # two adapters' weights per request, written in place
 SET_ADAPTERS_WEIGHTS = ((0.7, 0.3), (1.0, 1.0), (0.5, 0.5))  # weight changes through diffusers' set_adapters
 NAMED_SWITCHES = 2
-"""Named adapters switched to for the first time: each switch compiles the whole transformer again (tens of seconds
-for the tiny model on the CPU; on the H200 a full-graph FP8 compile is minutes, and the pre-serving part of a serving
-run already fills most of a 10-minute job), so the limit is shown by lowering it rather than compiling up to it."""
+"""Named adapters switched to for the first time: each switch compiles the whole transformer again (seconds for the
+tiny model on the CPU; on the H200 a full-graph FP8 compile is minutes, and what a serving run does before its first
+scenario took 5.5 min warm and over 8 min cold there), so the limit is shown by lowering it rather than compiling up
+to it."""
 
 # (height, width): the full-size shapes, and the tiny model's at 1/16 of the side (multiples of 16, the VAE's 8
 # times the transformer's 2x2 patches; 84 is not, so the tiny portrait/landscape are 48x80 and 80x48)
