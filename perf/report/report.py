@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from perf.judge.compare import (
     warmup_seconds,
 )
 from perf.judge.record import RunRecord
+from perf.judge.serving_record import ServingResult
 from perf.judge.tolerances import EFFECT_TOLERANCE
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
@@ -187,26 +188,38 @@ def readme_table(records: Records) -> str:
 
 
 SERVING_HEADER = ("recipe", "scenario", "request", "first (s)", "graphs compiled first", "steady (s)",
-                  "recompiles once warm", "images/min", "peak (GiB)", "swap check, worst")
+                  "recompiles once warm", "images/min", "peak (GiB)", "swap check, worst", "record")
 
 
-def serving_table(records: Records, profile: str) -> str:
-    """The README's serving table of ``profile``: one line a request kind of each serving scenario of each record,
-    then the findings (what the libraries could not serve without compiling or failing), from the stored records
-    alone; where they hold none, a line that says so and how to record them. Seconds are a generation's, or a
-    switch's for the resident adapters' rows."""
-    rows, findings = [], []
-    for recipe, record in records.items():
+def newest_serving(records: Iterable[RunRecord]) -> dict[tuple[str, str], tuple[RunRecord, ServingResult]]:
+    """Each recipe's serving scenarios, each from the newest record holding it: on a GPU a run records the
+    scenarios it finished before its time limit, and a later run the others; keyed (recipe, scenario), recipes in
+    name order, scenarios in the order the runs served them."""
+    newest: dict[tuple[str, str], tuple[RunRecord, ServingResult]] = {}
+    for record in sorted(records, key=lambda r: r.date):
         for name, result in record.serving.items():
-            worst = result.worst_error
-            check = "-" if worst is None else f"{worst:.4f} (tolerance {EFFECT_TOLERANCE})"
-            for i, request in enumerate(result.requests):
-                rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
-                             str(request.first_recompiles), f"{request.steady_seconds:.3f}",
-                             str(request.steady_recompiles), _value(request.images_per_minute, ".1f"),
-                             _value(request.peak_gib, ".1f"), check if i == 0 else ""))
-            if result.finding:
-                findings.append(f"- {recipe}: {result.finding}")
+            newest[(record.name, name)] = (record, result)
+    return {key: newest[key] for key in sorted(newest, key=lambda key: key[0])}
+
+
+def serving_table(records: Iterable[RunRecord], profile: str) -> str:
+    """The README's serving table of ``profile``: one line a request kind of each serving scenario of each recipe
+    (``newest_serving``: the newest record holding it, named in the last column), then the findings (what the
+    libraries could not serve without compiling or failing), from the stored records alone; where they hold
+    none, a line that says so and how to record them. Seconds are a generation's, or a switch's for the resident
+    adapters' rows."""
+    rows, findings = [], []
+    for (recipe, name), (record, result) in newest_serving(records).items():
+        worst = result.worst_error
+        check = "-" if worst is None else f"{worst:.4f} (tolerance {EFFECT_TOLERANCE})"
+        source = f"{record.date[:10]} {_text(record.commit)}"
+        for i, request in enumerate(result.requests):
+            rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
+                         str(request.first_recompiles), f"{request.steady_seconds:.3f}",
+                         str(request.steady_recompiles), _value(request.images_per_minute, ".1f"),
+                         _value(request.peak_gib, ".1f"), check if i == 0 else "", source if i == 0 else ""))
+        if result.finding:
+            findings.append(f"- {recipe}: {result.finding}")
     if not rows:
         return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
                 f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
@@ -283,11 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None, metavar="FILE",
                         help="instead of a report, rewrite FILE's block <!-- results:<profile>:start/end --> with "
                         "the results table of RECORDS_DIR (e.g. baselines/h100 into README.md)")
+    parser.add_argument("--serving-records", type=Path, action="append", default=[], metavar="DIR",
+                        help="with --readme, repeatable: another folder of the profile's records (<recipe>.json) "
+                        "whose serving scenarios the serving block shows beside RECORDS_DIR's, each recipe's "
+                        "scenario from the newest record holding it (GPU runs record them in parts)")
     args = parser.parse_args(argv)
-    inputs = [(args.records_dir, "RECORDS_DIR"), *([(args.baselines, "--baselines")] if args.baselines else [])]
+    inputs = [(args.records_dir, "RECORDS_DIR"), *([(args.baselines, "--baselines")] if args.baselines else []),
+              *((folder, "--serving-records") for folder in args.serving_records)]
     problem = next(filter(None, (folder_problem(path, name) for path, name in inputs)), None)
     if args.readme and not args.readme.is_file():
         problem = problem or f"--readme {args.readme}: no such file"
+    if args.serving_records and not args.readme:
+        problem = problem or "--serving-records feeds the README's serving block: give --readme too"
     if problem:
         print(f"error: {problem}; nothing written", file=sys.stderr)
         return 2
@@ -299,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         records, unreadable = read_records(args.records_dir.parent, profile)
         errors = [record.message for record in unreadable]
+    serving = [*records.values()]
+    for folder in args.serving_records:
+        more, unreadable = read_records(folder.parent, folder.name)
+        errors += [record.message for record in unreadable]
+        serving += [record for record in more.values() if record.profile == profile]
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if not records:
@@ -306,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.readme:
         text = args.readme.read_text()
-        tables = {f"results:{profile}": readme_table, f"serving:{profile}": lambda r: serving_table(r, profile)}
+        tables = {f"results:{profile}": readme_table, f"serving:{profile}": lambda _: serving_table(serving, profile)}
         found = [name for name in tables if f"<!-- {name}:start -->" in text]
         if not found:
             print(f"error: {args.readme} has no <!-- results:{profile}:start --> or serving:{profile} block",

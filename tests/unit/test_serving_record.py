@@ -8,6 +8,7 @@ import json
 import pytest
 from fake_records import example_record
 
+from perf.judge.baseline_files import write_record
 from perf.judge.record import RecordError, from_json, to_json
 from perf.judge.serving_record import (
     BareStateDict,
@@ -17,6 +18,7 @@ from perf.judge.serving_record import (
     ResidentFigures,
     ServingResult,
 )
+from perf.report.report import main as report_main
 from perf.report.report import serving_table
 
 BATCHES = ServingResult(
@@ -64,13 +66,44 @@ def test_figures_derived_from_a_serving_result():
 
 
 def test_serving_table_lists_every_request_and_the_findings():
-    table = serving_table({"rtx4090_optimized": example_record(
-        "rtx4090_optimized", serving={"batches": BATCHES, "resident": RESIDENT})}, "rtx4090")
-    assert "| rtx4090_optimized | batches | batch 4 | 9.000 | 1 | 3.000 | 0 | 80.0 | 22.5 |" in table
-    assert "| rtx4090_optimized | resident | hot-swap from memory | 0.010 | 0 | 0.002 | 0 | - | - | 0.0000" in table
+    table = serving_table([example_record("rtx4090_optimized", serving={"batches": BATCHES, "resident": RESIDENT})],
+                          "rtx4090")
+    assert "| rtx4090_optimized | batches | batch 4 | 9.000 | 1 | 3.000 | 0 | 80.0 | 22.5 |  |  |" in table
+    assert ("| rtx4090_optimized | resident | hot-swap from memory | 0.010 | 0 | 0.002 | 0 | - | - | 0.0000 "
+            "(tolerance 0.005) | 2026-11-24 0997180 |") in table
     assert table.endswith("- rtx4090_optimized: batches: 1 graph(s) compiled by the first requests")
 
 
+def test_serving_table_takes_each_scenario_from_the_newest_record_holding_it():
+    """A GPU run records the scenarios it finished before its time limit, a later run the others (and may record
+    one again): the table shows each recipe's each scenario once, from the newest record, named in its row."""
+    older = example_record("optimized", serving={"batches": BATCHES, "resident": RESIDENT})
+    newer = dataclasses.replace(example_record("optimized", serving={"resident": RESIDENT}),
+                                date="2026-12-01T07:00:00+00:00", commit="abc1234")
+    table = serving_table([newer, older], "h200")
+    assert table.count("| optimized | resident |") == 1 and table.count("| optimized | batches |") == 2
+    assert "| 2026-12-01 abc1234 |" in table.split("| optimized | resident |")[1].splitlines()[0]
+    assert "| 2026-11-24 0997180 |" in table.split("| optimized | batches | batch 1 |")[1].splitlines()[0]
+
+
 def test_serving_table_says_so_when_no_record_has_serving_scenarios():
-    assert serving_table({"baseline": example_record("baseline")}, "h200").startswith(
+    assert serving_table([example_record("baseline")], "h200").startswith(
         "No h200 record holds the serving scenarios yet")
+
+
+def test_the_readme_serving_block_joins_the_serving_runs_named(tmp_path, capsys):
+    """``python -m perf.report baselines/<profile> --readme README.md --serving-records DIR ...``: the baselines'
+    scenarios and those of each folder named, the newest of each; ``--serving-records`` alone is a user's mistake."""
+    write_record(tmp_path / "baselines", example_record("optimized"))
+    write_record(tmp_path / "part1", example_record("optimized", serving={"batches": BATCHES}))
+    write_record(tmp_path / "part2", dataclasses.replace(example_record("optimized", serving={"resident": RESIDENT}),
+                                                         date="2026-12-01T07:00:00+00:00", commit="abc1234"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- serving:h100:start -->\nold\n<!-- serving:h100:end -->\n")
+    parts = [arg for part in ("part1", "part2") for arg in ("--serving-records", str(tmp_path / part / "h100"))]
+    assert report_main([str(tmp_path / "baselines" / "h100"), "--readme", str(readme), *parts]) == 0
+    text = readme.read_text()
+    assert "| optimized | batches | batch 4 |" in text and "| optimized | resident | hot-swap from memory |" in text
+    assert "old" not in text and "| 2026-12-01 abc1234 |" in text
+    assert report_main([str(tmp_path / "baselines" / "h100"), *parts[:2]]) == 2
+    assert capsys.readouterr().err.strip().endswith("give --readme too; nothing written")
