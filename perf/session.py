@@ -85,6 +85,15 @@ def verdict_lines(stored: tuple[Mapping[str, RunRecord], list[UnreadableRecord]]
     return format_table(verdicts).splitlines() + ([problem] if problem else []), problem is not None
 
 
+def check_name(item: pytest.Item) -> str:
+    """A test's key in its case's ``checks``: the function's name, with its parameters other than the case where
+    it has any (``test_x[scale]``), so one scenario's failure is not overwritten by the next scenario's pass."""
+    callspec = getattr(item, "callspec", None)
+    params = [str(value) for name, value in (callspec.params.items() if callspec else ()) if name != "case"]
+    name = getattr(item, "originalname", None) or item.name.split("[")[0]
+    return f"{name}[{'-'.join(params)}]" if params else name
+
+
 def stop_on_broken_stack(check: StackCheck, results_dir: Path, profile: str) -> None:
     """A stack that fails ``perf.run.stack_check`` ends the run before any test: its record, one message, exit
     ``BROKEN_STACK_EXIT`` (6). A passing full check is recorded too, so a verdict knows the check ran."""
@@ -439,7 +448,7 @@ class PerfSession:
         case = getattr(item, "funcargs", {}).get("case")
         if report.when == "call" and isinstance(case, Case):
             xfailed = report.skipped and hasattr(report, "wasxfail")  # pytest reports an expected failure as skipped
-            case.checks[item.name.split("[")[0]] = "xfailed" if xfailed else report.outcome
+            case.checks[check_name(item)] = "xfailed" if xfailed else report.outcome
 
     def header(self) -> list[str]:
         if self.active is None:

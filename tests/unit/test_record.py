@@ -163,3 +163,4 @@ print("ok")
 def test_judging_and_reporting_import_no_torch():
     done = subprocess.run([sys.executable, "-c", BLOCK_TORCH], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+

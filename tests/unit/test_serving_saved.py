@@ -1,9 +1,10 @@
 """A serving scenario's record is written to the results folder the moment the scenario ends: on a GPU each one
-compiles for minutes, and a job cut off at its time limit must keep every scenario it finished."""
+compiles for minutes, and a job cut off at its time limit must keep every scenario it finished. Each scenario's
+tests keep their own outcomes in the record's ``checks``."""
 
 from types import SimpleNamespace
 
-from perf.session import PerfSession
+from perf.session import PerfSession, check_name
 
 
 class ServedCase:
@@ -30,3 +31,16 @@ def test_each_scenario_is_saved_once_as_soon_as_it_ends(tmp_path, monkeypatch):
     session.serve(case, "two")
     assert case.saved == [(tmp_path, {"scale": "scale result"}),
                           (tmp_path, {"scale": "scale result", "two": "two result"})]
+
+
+def test_each_scenario_of_a_parametrized_check_keeps_its_own_outcome():
+    """``checks`` keys a test by its function and its parameters other than the case: a scenario that failed is not
+    overwritten by the next scenario's pass (it was, keyed by the function alone)."""
+    def item(name: str, **params):
+        return SimpleNamespace(name=f"{name}[cpu-no_fa3_fp8]", originalname=name,
+                               callspec=SimpleNamespace(params={"case": ("cpu", "no_fa3_fp8"), **params}))
+
+    assert check_name(item("test_x", scenario="scale")) == "test_x[scale]"
+    assert check_name(item("test_x", scenario="named")) == "test_x[named]"
+    assert check_name(item("test_y")) == "test_y"
+    assert check_name(SimpleNamespace(name="test_z")) == "test_z"
