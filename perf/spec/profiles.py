@@ -24,6 +24,7 @@ class HardwareProfile:
     dtype: torch.dtype
     description: str
     compile_budget_s: float | None = None  # longest a first (compiling) generation may take; None: unlimited
+    batch_fit: bool = False  # the serving scenarios search the largest batch within the budget (a consumer card)
 
 
 # Compile budgets (``--compile-budget`` overrides): GPUs ~2.5x the slowest first generation measured (H100:
@@ -47,6 +48,7 @@ PROFILES: dict[str, HardwareProfile] = {
         HardwareProfile(
             "rtx4090", "cuda", 24.0, fp8=True, fa3=False, model_size="full", dtype=torch.bfloat16,
             description="NVIDIA RTX 4090 24 GB (the seed's consumer table; no FA3 on Ada)", compile_budget_s=1200,
+            batch_fit=True,
         ),
     )
 }

@@ -91,11 +91,11 @@ def test_batches_fit_the_memory_budget(case, suite):
 
 
 def test_largest_batch_that_fits_is_recorded(case, suite):
-    """On a GPU profile with a budget (the emulated RTX 4090 above all): batches are tried up to the first that
-    fails; at least one image must fit."""
+    """On a consumer card's GPU profile (the RTX 4090, emulated under its memory cap on a bigger GPU): batches are
+    tried up to the first that fails; at least one image must fit."""
     fit = served(case, suite, "batches").batches.largest_batch_that_fits
     if fit is None:
-        pytest.skip("needs a GPU profile with a memory budget (e.g. -m rtx4090 --profile rtx4090)")
+        pytest.skip("searched on a consumer card's GPU profile only (-m rtx4090 --profile rtx4090)")
     assert fit.batch is not None, f"not even one image fits: {fit.peaks_gib}"
 
 
