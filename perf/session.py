@@ -388,7 +388,9 @@ class PerfSession:
         return check or f"{case.recipe.name} has fewer than two adapters' references stored"
 
     def progress(self, message: str) -> None:
-        """A line on the terminal now, past pytest's output capture: GPU rows take minutes each."""
+        """A line on the terminal now, past pytest's output capture, with the seconds since the session started: GPU
+        rows take minutes each, and a log cut off by a job's limit still says where the time went."""
+        message = f"[{time.perf_counter() - self.started:4.0f} s] {message}"
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         if reporter is None or capture is None:
