@@ -156,6 +156,7 @@ class ServingResult:
     probe_recompiles: Count = 0  # graphs compiled while the checks and controls were measured (must be 0)
     expected_recompiles: Count = 0  # graphs the first requests compile on this stack, as ``finding`` explains
     finding: str | None = None  # what the libraries cannot do without recompiling or failing, with versions
+    failure: str | None = None  # the error that ended the scenario ("RuntimeError: ..."): no figures then
     scale: ScaleFigures | None = None
     resolutions: ResolutionFigures | None = None
     batches: BatchFigures | None = None

@@ -213,6 +213,8 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
         worst = result.worst_error
         check = "-" if worst is None else f"{worst:.4f} (tolerance {EFFECT_TOLERANCE})"
         source = f"{record.date[:10]} {_text(record.commit)}"
+        if result.failure:
+            rows.append((recipe, name, f"failed: {result.failure[:80]}", *["-"] * 7, source))
         for i, request in enumerate(result.requests):
             rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
                          str(request.first_recompiles), f"{request.steady_seconds:.3f}",

@@ -44,7 +44,7 @@ from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, rese
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record
 from perf.run.scenario import ScenarioResult, run_scenario
-from perf.run.serving import SCENARIOS
+from perf.run.serving import serve_scenario
 from perf.run.swap_probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
 from perf.run.watchers import RecompileWatcher
 from perf.spec.loras import LoraAdapter
@@ -202,10 +202,13 @@ class Case:
         if scenario not in self.serving_results:
             progress(f"[{self.recipe.name}] serving: {scenario}")
             wall, cpu = time.perf_counter(), sum(os.times()[:4])  # CPU: this process's and its compile workers'
-            result = SCENARIOS[scenario](self.built, reference=self.swap_reference, resident=resident)
+            result = serve_scenario(scenario, self.built, progress, reference=self.swap_reference,
+                                    resident=resident)
             self.serving_results[scenario] = result
-            progress(f"[{self.recipe.name}] serving: {scenario}: {result.warmup_recompiles} graph(s) compiled by "
-                     f"the first requests, {result.steady_recompiles} after; {time.perf_counter() - wall:.0f} s "
+            outcome = (f"failed: {result.failure}" if result.failure else
+                       f"{result.warmup_recompiles} graph(s) compiled by the first requests, {result.steady_recompiles}"
+                       " after")
+            progress(f"[{self.recipe.name}] serving: {scenario}: {outcome}; {time.perf_counter() - wall:.0f} s "
                      f"({sum(os.times()[:4]) - cpu:.0f} s of CPU)")
         return self.serving_results[scenario]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import statistics
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -128,8 +129,7 @@ def finding(scenario: str, measured: int, expected: int, detail: str | None = No
     scenario measured of it), with the versions."""
     if measured == 0 and detail is None:
         return None
-    versions = library_versions()
-    stack = ", ".join(f"{name} {versions.get(name)}" for name in ("torch", "diffusers", "peft"))
+    stack = _stack()
     why = KNOWN_RECOMPILES[scenario].why
     parts = [f"{measured} graph(s) compiled by the first requests: "
              f"{why if measured == expected else f'not the documented count ({expected}: {why})'}"] if measured else []
@@ -681,6 +681,25 @@ def _result(scenario: str, requests: tuple[Request, ...], errors: dict | None = 
     expected = KNOWN_RECOMPILES[scenario].count if expected is None else expected
     return ServingResult(scenario, requests, errors or {}, controls or {}, probe_recompiles, expected,
                          finding(scenario, measured, expected, detail), **figures)
+
+
+def serve_scenario(scenario: str, built: BuiltPipeline, progress: Callable[[str], None] = print,
+                   **inputs) -> ServingResult:
+    """``scenario`` run on ``built``; an error the libraries raise ends it as a failed result (the error's first
+    line and the versions, as its finding; the traceback's end goes to ``progress``), recorded once and never run
+    again by the next test that asks: on a GPU a scenario compiles for minutes. An interrupt still ends the run."""
+    try:
+        return SCENARIOS[scenario](built, **inputs)
+    except Exception as exc:  # any library error is the scenario's outcome: recorded and reported, not a crash
+        progress("".join(traceback.format_exception(exc)[-6:]).rstrip())
+        free_memory(built.device_type)
+        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}"
+        return ServingResult(scenario, (), failure=error, finding=f"{scenario}: failed with {error} [{_stack()}]")
+
+
+def _stack() -> str:
+    versions = library_versions()
+    return ", ".join(f"{name} {versions.get(name)}" for name in ("torch", "diffusers", "peft", "torchao"))
 
 
 SCENARIOS: dict[str, Callable[..., ServingResult]] = {

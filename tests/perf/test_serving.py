@@ -23,7 +23,11 @@ def served(case, suite, scenario):
     if not suite.runs_serving(case.recipe):
         pytest.skip(f"{case.recipe.name}: the serving scenarios run on compiled hot-swap recipes only (where a request "
                     "can recompile), and not under --no-serving")
-    return suite.serve(case, scenario)
+    result = suite.serve(case, scenario)
+    if result.failure:
+        pytest.fail(f"{case.recipe.name}: the {scenario} scenario failed (recorded, not run again): {result.finding}",
+                    pytrace=False)
+    return result
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

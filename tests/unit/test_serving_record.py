@@ -107,3 +107,11 @@ def test_the_readme_serving_block_joins_the_serving_runs_named(tmp_path, capsys)
     assert "old" not in text and "| 2026-12-01 abc1234 |" in text
     assert report_main([str(tmp_path / "baselines" / "h100"), *parts[:2]]) == 2
     assert capsys.readouterr().err.strip().endswith("give --readme too; nothing written")
+
+
+def test_a_scenario_that_failed_is_a_row_and_a_finding():
+    failed = ServingResult("two", (), failure="RuntimeError: boom",
+                           finding="two: failed with RuntimeError: boom [torch 2.11.0]")
+    table = serving_table([example_record("optimized", serving={"two": failed})], "h200")
+    assert "| optimized | two | failed: RuntimeError: boom | - | - | - | - | - | - | - | 2026-11-24 0997180 |" in table
+    assert table.endswith("- optimized: two: failed with RuntimeError: boom [torch 2.11.0]")
