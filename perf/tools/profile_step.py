@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from perf.build import compile_settings
-from perf.build.builder import attention_shape, build_pipeline
+from perf.build.builder import BuiltPipeline, attention_shape, build_pipeline
 from perf.judge.record import IDENTITY_FIELDS, to_data
 from perf.run.measure import synchronize, time_rounds
 from perf.run.recording import identity
@@ -135,6 +135,19 @@ def breakdown(kernels: dict[str, float], flops: dict[str, float]) -> dict[str, d
     return result
 
 
+def per_adapter_images(built: BuiltPipeline, rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), the first
+    adapter back in place afterwards: the suite's timed rounds swap to the next adapter before each image, and
+    their spread (5% on the H200's best row, against 0.3% for one adapter's images) is either the adapter or
+    the swap; this says which."""
+    device_type, images = built.device_type, {}
+    for adapter in built.spec.pool.adapters:
+        built.load_adapter(adapter)
+        images[adapter.name] = time_rounds(built.generate, None, rounds, device_type)
+    built.load_adapter(built.first)
+    return images
+
+
 def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) -> dict:
     """Build ``recipe_name`` for ``spec`` as the suite does, warm it up through the pipeline, and measure where its
     time goes."""
@@ -168,6 +181,8 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
         args, kwargs = capture_inputs(pipe.transformer, built.generate)
         result["build_and_warmup_s"] = time.perf_counter() - started
         result["image"] = {"wall_s": time_rounds(built.generate, None, rounds, device_type)}
+        if recipe.hotswap:
+            result["image"]["per_adapter_s"] = per_adapter_images(built, rounds)
         save()
 
         def step() -> object:
@@ -220,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         step, floor = result["step"], result.get("floor", {})
         print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of kernels per step, {step['wall_ms']:.1f} ms wall; image "
               f"{statistics.median(result['image']['wall_s']):.3f} s, floor {floor.get('image_floor_s', 0):.2f} s")
+        per_adapter = {name: statistics.median(seconds) for name, seconds in
+                       result["image"].get("per_adapter_s", {}).items()}
+        if per_adapter:
+            spread = max(per_adapter.values()) / min(per_adapter.values()) - 1
+            print("  images per adapter (median s): " + ", ".join(f"{n} {v:.3f}" for n, v in per_adapter.items())
+                  + f"; {spread:.1%} apart")
         for label, row in step["by_category"].items():
             rate = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
             print(f"  {label:<32} {row['ms']:8.1f} ms  {row['share']:6.1%}{rate}")
