@@ -104,6 +104,46 @@ def quantize_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale[:, None, :, None]).to(torch.float8_e4m3fn), scale
 
 
+QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")  # FLUX's per-head RMSNorms of q and k
+QK_BOUND_MARGIN = 1.01  # rope's rotation computed in floats: rounding may exceed the exact bound by a hair
+
+
+def qk_bound(transformer: torch.nn.Module) -> float:
+    """The largest magnitude a q or k element can reach in ``transformer``'s attention, from its q/k RMSNorm
+    weights alone: RMSNorm's output element i is x_i / rms(x) * w_i, and sum_i (x_i / rms(x))^2 <= head_dim, so
+    any pair of elements has norm <= sqrt(head_dim) * max|w|; rope rotates pairs, keeping their norm. No input, no
+    adapter (LoRA acts before the norm) and no hot-swap can push q or k past it."""
+    bounds = [math.sqrt(module.weight.numel()) * float(module.weight.detach().abs().max())
+              for name, module in transformer.named_modules()
+              if name.rsplit(".", 1)[-1] in QK_NORMS and getattr(module, "weight", None) is not None]
+    if not bounds:
+        raise AttentionCheckFailed("static q/k scales need q and k RMSNorm'd with weights (norm_q, norm_k): "
+                                   f"{type(transformer).__name__} has none")
+    return max(bounds) * QK_BOUND_MARGIN
+
+
+def quantize_e4m3_bounded(x: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_e4m3`` at one fixed scale, ``bound`` mapping to e4m3's largest value: a pointwise cast with no
+    amax pass, which Inductor fuses into the kernel producing ``x`` (rope). For q and k, whose magnitudes
+    ``qk_bound`` caps; e4m3 keeps its relative precision at any scale, so a scale above a head's own amax costs
+    only values that fall below its normal range (about 2^-6 of the bound)."""
+    scale = bound / E4M3_MAX
+    quantized = (x.float() * (1.0 / scale)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return quantized, torch.full((x.shape[0], x.shape[2]), scale, dtype=torch.float32, device=x.device)
+
+
+_static_qk_bound: float | None = None
+"""The FP8 backend's q/k bound for the pipeline being built (``choose_attention``); None: dynamic per-head scales.
+A module global because diffusers' backend signature carries no per-model state; dynamo guards on its value."""
+
+
+def _quantize_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> list:
+    bound = _static_qk_bound
+    if bound is None:
+        return [quantize_e4m3(t) for t in (query, key, value)]
+    return [quantize_e4m3_bounded(query, bound), quantize_e4m3_bounded(key, bound), quantize_e4m3(value)]
+
+
 def _fa3_kernel() -> Callable[..., torch.Tensor]:
     """``flash_attn_func`` of the FA3 module already imported (two dict lookups), importing it the first time. It
     runs on every attention call (57 a denoising step), from Python even in a compiled graph: searching the import
@@ -156,7 +196,7 @@ def _register_fa3() -> None:
 
     def fp8_backend(query, key, value, attn_mask=None, scale=None, is_causal=False) -> torch.Tensor:
         _refuse_mask(attn_mask, is_causal, "FlashAttention-3 FP8")
-        (q8, q_descale), (k8, k_descale), (v8, v_descale) = (quantize_e4m3(t) for t in (query, key, value))
+        (q8, q_descale), (k8, k_descale), (v8, v_descale) = _quantize_qkv(query, key, value)
         out = fa3(q8, k8, v8, _kernel_scale(query, scale), q_descale, k_descale, v_descale)
         return out.to(query.dtype)
 
@@ -295,14 +335,27 @@ def fastest_correct(
     return AttentionChoice(best, f"{KERNELS[best]} (fastest correct of {', '.join(correct)})", timings, errors)
 
 
-def _fa3(backend: str, shape: tuple[int, int, int, int], device: str) -> AttentionChoice:
-    """FA3 (bf16, or FP8 on a batch of ``FP8_CHECK_BATCH``) after its check; raises ``AttentionCheckFailed``."""
+def _fa3(backend: str, shape: tuple[int, int, int, int], device: str, static_qk: float | None = None
+         ) -> AttentionChoice:
+    """FA3 (bf16, or FP8 on a batch of ``FP8_CHECK_BATCH``) after its check; raises ``AttentionCheckFailed``.
+    ``static_qk``: the model's q/k bound (FP8); the check runs its inputs at one static scale of their own
+    largest magnitude (they are not RMSNorm'd), which exercises the same kernel path and descale layout."""
+    global _static_qk_bound
     module = fa3_module()
     if module is None:
         raise AttentionCheckFailed("FlashAttention-3 is not installed (pip install '.[fa3]')")
     if backend == FA3_FP8_BACKEND:
-        error = check(backend, (max(shape[0], FP8_CHECK_BATCH), *shape[1:]), device, MAX_REL_ERROR_FP8)
-        kernel = f"FlashAttention-3 FP8 e4m3 ({module}), dynamic per-(batch, head) amax scales"
+        batch_shape = (max(shape[0], FP8_CHECK_BATCH), *shape[1:])
+        if static_qk is not None:
+            q, k, _ = check_inputs(batch_shape, device)
+            _static_qk_bound = float(torch.maximum(q.abs().max(), k.abs().max()))
+        try:
+            error = check(backend, batch_shape, device, MAX_REL_ERROR_FP8)
+        finally:
+            _static_qk_bound = static_qk
+        scales = (f"q and k at one static scale (bound {static_qk:.4g} from their RMSNorm weights), v dynamic "
+                  "per-(batch, head) amax" if static_qk is not None else "dynamic per-(batch, head) amax scales")
+        kernel = f"FlashAttention-3 FP8 e4m3 ({module}), {scales}"
     else:
         error = check(backend, shape, device, MAX_REL_ERROR)
         kernel = f"FlashAttention-3 ({module})"
@@ -320,14 +373,19 @@ def without_backends(requested: str) -> AttentionChoice:
     return AttentionChoice("native", f"native SDPA; {requested} not used: {why}")
 
 
-def choose_attention(requested: str, device_type: str, shape: tuple[int, int, int, int]) -> AttentionChoice:
-    """The backend for ``requested`` (a recipe's ``attention``) on ``device_type``, checked before use."""
+def choose_attention(requested: str, device_type: str, shape: tuple[int, int, int, int],
+                     static_qk: float | None = None) -> AttentionChoice:
+    """The backend for ``requested`` (a recipe's ``attention``) on ``device_type``, checked before use.
+    ``static_qk``: FA3 FP8's q/k bound (``qk_bound``) for the pipeline being built, which the backend then uses
+    until the next choice (None: dynamic scales)."""
+    global _static_qk_bound
+    _static_qk_bound = None
     if requested == "sdpa":
         return AttentionChoice("native", "native SDPA")
     if not compat.has_attention_backends():
         return without_backends(requested)
     if requested == "fa3_fp8":
-        return _fa3(FA3_FP8_BACKEND, shape, device_type)
+        return _fa3(FA3_FP8_BACKEND, shape, device_type, static_qk)
     not_fa3 = ""
     if requested == "fa3" and fa3_installed():
         try:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from perf.build import compat, compile_settings
-from perf.build.attention import AttentionChoice, choose_attention, set_backend
+from perf.build.attention import AttentionChoice, choose_attention, qk_bound, set_backend
 from perf.spec.cache import build_once
 from perf.spec.loras import LoraAdapter, check_hotswap
 from perf.spec.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
@@ -189,7 +189,8 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
         pipe.text_encoder_2 = None
         pipe.register_modules(text_encoder_2=text_encoder_2)
         facts["t5"] = "bitsandbytes NF4"
-    attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings))
+    static_qk = qk_bound(pipe.transformer) if recipe.fp8_attention_qk == "static" else None
+    attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings), static_qk)
     set_backend(pipe.transformer, attention.backend)
     if recipe.fp8:
         facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch is imported by the capability checks only: a record n
     from perf.spec.profiles import ActiveProfile
 
 Attention = Literal["fa3", "fa3_fp8", "fa4", "sdpa"]
+QkScales = Literal["dynamic", "static"]  # how FA3 FP8 scales q and k (fa3_fp8 only)
 CompileScope = Literal["none", "full", "regional"]
 
 H100_PROFILES = ("cpu", "h100", "h200")
@@ -31,7 +32,9 @@ class Recipe:
     """How a pipeline is optimized. ``attention="fa3"`` means FlashAttention-3 when installed (and correct),
     otherwise the fastest FlashAttention-class kernel found on the device (the record names the kernel that ran);
     ``attention="fa4"`` means FlashAttention-4's CuTe package (``flash-attn-4``) and nothing else;
-    ``attention="fa3_fp8"`` means FlashAttention-3's FP8 kernel with dynamic per-head scales and nothing else.
+    ``attention="fa3_fp8"`` means FlashAttention-3's FP8 kernel with dynamic per-head scales and nothing else;
+    with ``fp8_attention_qk="static"`` q and k are cast at one fixed scale instead, the largest value FLUX's q/k
+    RMSNorm and rope can produce (``perf.build.attention.qk_bound``), and v keeps its per-head scales.
     ``compile_vae`` compiles the VAE decoder (channels-last, full graph), as flux-fast does."""
 
     name: str
@@ -45,6 +48,7 @@ class Recipe:
     torchao_inductor_config: bool = True
     hotswap: bool = True
     compile_vae: bool = False
+    fp8_attention_qk: QkScales = "dynamic"
     offload: bool = False
     t5_nf4: bool = False
     seed_flags: str = ""
@@ -53,6 +57,10 @@ class Recipe:
     opt_in: bool = False  # runs only when named in --recipes (e.g. a compile known to take very long)
     memory_control: bool = False  # negative control: must NOT fit the profile's memory budget
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fp8_attention_qk != "dynamic" and self.attention != "fa3_fp8":
+            raise ValueError(f"{self.name}: fp8_attention_qk={self.fp8_attention_qk!r} needs attention='fa3_fp8'")
 
     @property
     def compiled(self) -> bool:
@@ -184,6 +192,14 @@ RECIPES: dict[str, Recipe] = {
             note="optimized_fast replayed as CUDA graphs (compile mode reduce-overhead): the FA3 op's Python launch "
             "path and the step's host work leave the GPU idle between kernels; hot-swap copies into the captured "
             "weights",
+        ),
+        Recipe(
+            "optimized_fast_static_qk", ("h100", "h200"), attention="fa3_fp8", fp8_attention_qk="static", fp8=True,
+            compile="full", torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead",
+            opt_in=True,
+            note="optimized_fast_cudagraphs with q and k cast to e4m3 at one static scale, the bound their RMSNorm "
+            "and rope guarantee (issue 25 lead 2): a pointwise cast Inductor can fuse into the rope kernel, no amax "
+            "pass over q and k; v keeps its per-head amax. Opt-in until measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

@@ -15,18 +15,23 @@ import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry, dispatch_attention_fn
 
 from perf.build.attention import (
+    E4M3_MAX,
     FA3_BACKEND,
     FA3_FP8_BACKEND,
     MAX_REL_ERROR_FP8,
+    QK_NORMS,
     AttentionCheckFailed,
     check_inputs,
     choose_attention,
     fa3_installed,
     fa3_module,
+    qk_bound,
+    quantize_e4m3_bounded,
     reference,
     rel_error,
 )
 from perf.build.builder import build_pipeline
+from perf.spec.models import transformer_step_inputs
 from perf.spec.profiles import ActiveProfile, DeviceInfo, get_profile
 from perf.spec.recipes import get_recipe, unsupported_reason
 
@@ -216,3 +221,101 @@ def test_a_recipe_without_compile_vae_leaves_the_vae_eager(tiny_spec):
     """Negative control of the test above: the compiled VAE comes from the field, not from the builder."""
     built = build_pipeline(tiny_spec, get_recipe("hotswap_eager"))
     assert built.pipe.vae.decoder._compiled_call_impl is None and "vae" not in built.facts
+
+
+# --- FP8 attention with static q/k scales (issue 25, lead 2) ----------------------------------------------------
+
+
+def _flux_qk_maxima(transformer: torch.nn.Module, monkeypatch) -> list[float]:
+    """The largest |q| and |k| each attention call of ``transformer`` received (after its RMSNorm and rope)."""
+    from diffusers.models.transformers import transformer_flux
+
+    seen = []
+    dispatch = transformer_flux.dispatch_attention_fn
+
+    def recording(query, key, value, *args, **kwargs):
+        seen.append(float(torch.maximum(query.abs().max(), key.abs().max())))
+        return dispatch(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(transformer_flux, "dispatch_attention_fn", recording)
+    return seen
+
+
+def test_no_q_or_k_of_a_flux_transformer_passes_the_bound_of_its_norm_weights(tiny_spec, monkeypatch):
+    """``qk_bound`` caps every q and k element FLUX feeds attention, whatever the input: here norm weights drawn
+    from 0.1-3, inputs scaled up 1000x, rope at random positions, and the pool's first adapter (every
+    projection) changing what reaches the norms."""
+    built = build_pipeline(tiny_spec, get_recipe("hotswap_eager"))
+    transformer = built.pipe.transformer
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if name.rsplit(".", 1)[-1] in QK_NORMS:
+                module.weight.copy_(0.1 + 2.9 * torch.rand(module.weight.shape, generator=generator))
+    bound = qk_bound(transformer)
+    seen = _flux_qk_maxima(transformer, monkeypatch)
+    inputs = transformer_step_inputs(dict(transformer.config), 64, 16, dtype=transformer.dtype)
+    inputs["img_ids"] = torch.randint(0, 64, (64, 3), generator=generator).float()
+    with torch.no_grad():
+        for scale in (1.0, 1000.0):
+            transformer(**{k: v * scale if k in ("hidden_states", "encoder_hidden_states") else v
+                           for k, v in inputs.items()})
+    assert seen and max(seen) <= bound
+    assert max(seen) > bound / 4  # a bound, not a guess far above what arrives
+
+
+def test_bounded_e4m3_keeps_e4m3_precision_and_hands_fa3_a_constant_descale():
+    x = torch.randn(2, 32, 3, 16) * 3
+    bound = float(x.abs().max())
+    quantized, descale = quantize_e4m3_bounded(x, bound)
+    assert quantized.dtype == torch.float8_e4m3fn and descale.shape == (2, 3)
+    assert torch.all(descale == bound / E4M3_MAX)
+    assert float(quantized.float().abs().max()) == E4M3_MAX  # the bound maps to e4m3's largest value
+    back = quantized.float() * descale[:, None, :, None]
+    normal = x.abs() > bound * 2.0**-6
+    assert float(((back - x).abs() / x.abs())[normal].max()) <= 2.0**-4  # e4m3's 3 mantissa bits
+
+
+def test_static_qk_attention_passes_its_check_and_reaches_the_builder(install_fa3, tiny_spec):
+    install_fa3()
+    recipe = dataclasses.replace(get_recipe("optimized_fast_static_qk"), fp8=False, compile="none",
+                                 compile_vae=False, compile_mode=None)  # the tiny model on CPU: no FP8 weights
+    built = build_pipeline(tiny_spec, recipe)
+    bound = qk_bound(built.pipe.transformer)
+    assert f"q and k at one static scale (bound {bound:.4g}" in built.attention.kernel
+    assert 0.01 < built.attention.rel_errors[FA3_FP8_BACKEND] < MAX_REL_ERROR_FP8
+    CALLS.clear()
+    built.generate()
+    descales = [call["descales"] for call in CALLS]
+    assert descales and all(d[0] == d[1] == (torch.Size([1, built.pipe.transformer.config.num_attention_heads]),
+                                             torch.float32) for d in descales)
+    dynamic = build_pipeline(tiny_spec, dataclasses.replace(recipe, fp8_attention_qk="dynamic"))
+    assert "dynamic per-(batch, head) amax scales" in dynamic.attention.kernel  # the field, not the default
+
+
+def test_static_qk_scales_need_fp8_attention():
+    with pytest.raises(ValueError, match="needs attention='fa3_fp8'"):
+        dataclasses.replace(get_recipe("optimized_fast"), attention="fa3", fp8_attention_qk="static")
+
+
+def test_static_qk_leaves_one_amax_in_the_graph_for_v_alone(install_fa3):
+    """Negative control beside the full-graph test above: with dynamic scales the graph holds three amax
+    reductions (q, k, v); with static q/k scales one (v), q and k being a pointwise scale and cast."""
+    install_fa3()
+    q, k, v = check_inputs(SHAPE, "cpu")
+    counts = {}
+    for static_qk in (None, 10.0):
+        graphs = []
+
+        def capture(graph_module, example_inputs, graphs=graphs):
+            graphs.append(graph_module)
+            return graph_module.forward
+
+        choose_attention("fa3_fp8", "cpu", SHAPE, static_qk)
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda *t: dispatch_attention_fn(*t, backend=FA3_FP8_BACKEND), fullgraph=True,
+                                 backend=capture)
+        compiled(q, k, v)
+        counts[static_qk] = graphs[0].code.count(".amax(")
+    choose_attention("fa3_fp8", "cpu", SHAPE)  # dynamic again for the tests after
+    assert counts == {None: 3, 10.0: 1}
