@@ -105,7 +105,7 @@ def quantize_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")  # FLUX's per-head RMSNorms of q and k
-QK_BOUND_MARGIN = 1.01  # rope's rotation computed in floats: rounding may exceed the exact bound by a hair
+QK_BOUND_MARGIN = 1.01  # rope's output rounded to bf16 may exceed the exact bound by 2^-8 (0.4%); beyond: clamped
 
 
 def qk_bound(transformer: torch.nn.Module) -> float:

@@ -325,7 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for folder in args.serving_records:
         more, unreadable = read_records(folder.parent, folder.name)
         errors += [record.message for record in unreadable]
-        serving += [record for record in more.values() if record.profile == profile]
+        mine = [record for record in more.values() if record.profile == profile]
+        errors += [] if mine else [f"--serving-records {folder}: no {profile} record in it"]
+        serving += mine
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if not records:

@@ -107,6 +107,10 @@ def test_the_readme_serving_block_joins_the_serving_runs_named(tmp_path, capsys)
     assert "old" not in text and "| 2026-12-01 abc1234 |" in text
     assert report_main([str(tmp_path / "baselines" / "h100"), *parts[:2]]) == 2
     assert capsys.readouterr().err.strip().endswith("give --readme too; nothing written")
+    write_record(tmp_path / "other", dataclasses.replace(example_record("optimized"), profile="h200"))
+    assert report_main([str(tmp_path / "baselines" / "h100"), "--readme", str(readme),
+                        "--serving-records", str(tmp_path / "other" / "h200")]) == 2  # a folder of another profile
+    assert "no h100 record in it" in capsys.readouterr().err
 
 
 def test_a_scenario_that_failed_is_a_row_and_a_finding():
