@@ -9,6 +9,7 @@ from dataclasses import field
 from typing import Literal
 
 from perf.judge.schema import Count, Fraction, GiB, Seconds, frozen_section
+from perf.judge.tolerances import serving_tolerance
 
 Scenario = Literal["scale", "resolutions", "batches", "resident", "named", "two"]
 
@@ -157,6 +158,7 @@ class ServingResult:
     expected_recompiles: Count = 0  # graphs the first requests compile on this stack, as ``finding`` explains
     finding: str | None = None  # what the libraries cannot do without recompiling or failing, with versions
     failure: str | None = None  # the error that ended the scenario ("RuntimeError: ..."): no figures then
+    noise_floor: Fraction | None = None  # the checks' A/A control (``FLOOR_PERTURBATION``); None: no check
     scale: ScaleFigures | None = None
     resolutions: ResolutionFigures | None = None
     batches: BatchFigures | None = None
@@ -173,6 +175,11 @@ class ServingResult:
     def steady_recompiles(self) -> int:
         """Graphs compiled once every kind of request was warm: must be 0."""
         return sum(r.steady_recompiles for r in self.requests)
+
+    @property
+    def tolerance(self) -> float:
+        """The largest error the scenario's swap checks pass, from this run's noise floor (``serving_tolerance``)."""
+        return serving_tolerance(self.noise_floor)
 
     @property
     def worst_error(self) -> float | None:

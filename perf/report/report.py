@@ -30,7 +30,6 @@ from perf.judge.compare import (
 )
 from perf.judge.record import RunRecord
 from perf.judge.serving_record import ServingResult
-from perf.judge.tolerances import EFFECT_TOLERANCE
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
@@ -211,7 +210,7 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
     rows, findings = [], []
     for (recipe, name), (record, result) in newest_serving(records).items():
         worst = result.worst_error
-        check = "-" if worst is None else f"{worst:.4f} (tolerance {EFFECT_TOLERANCE})"
+        check = "-" if worst is None else f"{worst:.4f} (tolerance {result.tolerance:.4f})"
         source = f"{record.date[:10]} {_text(record.commit)}"
         if result.failure:
             rows.append((recipe, name, f"failed: {result.failure[:80]}", *["-"] * 7, source))

@@ -44,7 +44,7 @@ from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, rese
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record
 from perf.run.scenario import ScenarioResult, run_scenario
-from perf.run.serving import serve_scenario
+from perf.run.serving import AsBuilt, not_run, recover, serve_scenario
 from perf.run.swap_probe import ControlResult, StepReference, capture_first_step, reference_step, run_controls
 from perf.run.watchers import RecompileWatcher
 from perf.spec.loras import LoraAdapter
@@ -88,6 +88,7 @@ class Case:
     # the record gives each start's compile part: its first generation less a steady one of the scenario
     cold_start: ColdStart | str | None = None
     serving_results: dict[str, ServingResult] = field(default_factory=dict)  # scenario -> its result, once run
+    serving_unusable: str | None = None  # why no further scenario can run on this case's pipeline
     settings_before: compile_settings.CompileSettings | None = None  # restored on release
     latency: Latency = field(default_factory=lambda: Latency.of([]))
     quality: Quality | None = None
@@ -199,12 +200,21 @@ class Case:
                 ) -> ServingResult:
         """The serving scenario ``scenario`` of ``perf.run.serving`` (once per case), kept in the record's
         ``serving``; ``resident``: the adapters the resident scenario keeps in RAM."""
+        if scenario not in self.serving_results and self.serving_unusable:
+            self.serving_results[scenario] = not_run(scenario, self.serving_unusable)
         if scenario not in self.serving_results:
             progress(f"[{self.recipe.name}] serving: {scenario}")
             wall, cpu = time.perf_counter(), sum(os.times()[:4])  # CPU: this process's and its compile workers'
+            before = AsBuilt.take(self.built)
             result = serve_scenario(scenario, self.built, progress, reference=self.swap_reference,
                                     resident=resident)
             self.serving_results[scenario] = result
+            if result.failure:
+                why = recover(self.built, before)
+                progress(f"[{self.recipe.name}] serving: the pipeline put back after {scenario}'s failure"
+                         if why is None else f"[{self.recipe.name}] serving: the pipeline could not be put back: {why}")
+                if why is not None:
+                    self.serving_unusable = f"the pipeline could not be put back after {scenario} failed: {why}"
             outcome = (f"failed: {result.failure}" if result.failure else
                        f"{result.warmup_recompiles} graph(s) compiled by the first requests, {result.steady_recompiles}"
                        " after")

@@ -141,10 +141,13 @@ def per_adapter_images(built: BuiltPipeline, rounds: int) -> dict[str, list[floa
     their spread (5% on the H200's best row, against 0.3% for one adapter's images) is either the adapter or
     the swap; this says which."""
     device_type, images = built.device_type, {}
-    for adapter in built.spec.pool.adapters:
-        built.load_adapter(adapter)
-        images[adapter.name] = time_rounds(built.generate, None, rounds, device_type)
-    built.load_adapter(built.first)
+    for adapter in (*built.spec.pool.adapters, built.first):
+        # loaded as the suite loads them, outside inference mode: under it, diffusers' state_dict() of a
+        # torchao-quantized transformer fails ("Cannot set version_counter for inference tensor", H200, 2026-11-30)
+        with torch.inference_mode(False):
+            built.load_adapter(adapter)
+        if adapter.name not in images:
+            images[adapter.name] = time_rounds(built.generate, None, rounds, device_type)
     return images
 
 

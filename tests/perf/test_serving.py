@@ -8,7 +8,7 @@ per minute) are in the record's ``serving``."""
 
 import pytest
 
-from perf.run.serving import SCALE_DEFECT, SCENARIOS, SHAPE_MODES
+from perf.run.serving import SCALE_DEFECT, SCENARIOS, SHAPE_MODES, expects_failure, known_failure
 
 CHECKED = ("scale", "resident", "named", "two")  # where an adapter or its weight changes: the swap check
 
@@ -24,9 +24,15 @@ def served(case, suite, scenario):
         pytest.skip(f"{case.recipe.name}: the serving scenarios run on compiled hot-swap recipes only (where a request "
                     "can recompile), and not under --no-serving")
     result = suite.serve(case, scenario)
+    if known_failure(scenario, case.recipe, result.failure):
+        pytest.xfail(f"finding: {result.finding}")
     if result.failure:
         pytest.fail(f"{case.recipe.name}: the {scenario} scenario failed (recorded, not run again): {result.finding}",
                     pytrace=False)
+    expected = expects_failure(scenario, case.recipe)
+    if expected:
+        pytest.fail(f"{case.recipe.name}: the {scenario} scenario no longer fails with '{expected.error}' on this "
+                    f"stack: update perf.run.serving.KNOWN_FAILURES", pytrace=False)
     return result
 
 
@@ -47,8 +53,8 @@ def test_first_requests_compile_the_documented_count(case, suite, scenario):
 @pytest.mark.parametrize("scenario", CHECKED)
 def test_served_adapter_acts_as_in_a_fresh_pipeline(case, suite, scenario):
     result = served(case, suite, scenario)
-    wrong = {check: error for check, error in result.errors.items() if error > case.effect_tolerance}
-    assert not wrong, f"{scenario}: beyond the tolerance {case.effect_tolerance:.2%} of the adapter's effect: {wrong}"
+    wrong = {check: error for check, error in result.errors.items() if error > result.tolerance}
+    assert not wrong, f"{scenario}: beyond the tolerance {result.tolerance:.2%} of the adapter's effect: {wrong}"
 
 
 @pytest.mark.parametrize("scenario", CHECKED)
@@ -56,7 +62,7 @@ def test_serving_swap_check_catches_injected_defects(case, suite, scenario):
     """Negative controls: a scale ignored or ``SCALE_DEFECT`` (5%) off, a swap from memory, a set_adapters switch
     or a slot's swap not made, a slot's weight not applied: each must fail the check."""
     result = served(case, suite, scenario)
-    missed = {defect: error for defect, error in result.controls.items() if error <= case.effect_tolerance}
+    missed = {defect: error for defect, error in result.controls.items() if error <= result.tolerance}
     assert result.controls and not missed, f"defects that pass the check: {missed}"
     assert result.probe_recompiles == 0, f"probing compiled {result.probe_recompiles} graphs"
 
@@ -123,11 +129,12 @@ def test_named_adapters_switch_without_compiling_or_failing(case, suite):
     "Kept with its metadata and alphas and loaded through the transformer's load_lora_adapter it is right "
     "(test_served_adapter_acts_as_in_a_fresh_pipeline[resident])")
 def test_a_cached_state_dict_through_load_lora_weights_serves_the_adapter(case, suite):
-    bare = served(case, suite, "resident").resident.bare_state_dict
+    result = served(case, suite, "resident")
+    bare = result.resident.bare_state_dict
     if bare.refused is None and not bare.alpha_outside_the_weights:
         pytest.skip("nothing refused, and the reference adapter's alphas are in its weights: nothing a dict loses")
     assert bare.refused is None, bare.refused
-    assert bare.error <= case.effect_tolerance, f"the bare state dicts serve B off by {bare.error:.4f}"
+    assert bare.error <= result.tolerance, f"the bare state dicts serve B off by {bare.error:.4f}"
 
 
 def test_resident_adapters_are_the_ones_peft_hot_swaps(case, suite):
@@ -156,4 +163,4 @@ def test_set_adapters_weights_after_a_hot_swap_serve_the_right_strength(case, su
     result = served(case, suite, "two")
     if not result.two.set_adapters.slot_alpha_over_r_stale:
         pytest.skip("the adapters hot-swapped into the slot share lora_alpha / r with its first: nothing to get wrong")
-    assert result.two.set_adapters.error <= case.effect_tolerance, result.finding
+    assert result.two.set_adapters.error <= result.tolerance, result.finding

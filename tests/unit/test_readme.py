@@ -31,10 +31,11 @@ def test_results_tables_are_generated_from_the_stored_records(profile):
 def test_serving_tables_are_generated_from_the_stored_records(profile):
     """From the baselines and the ``--serving-records`` folders the README's command for that profile names (GPU
     runs record the scenarios in parts)."""
-    named = re.search(rf"python -m perf\.report baselines/{profile} --readme README\.md((?: --serving-records \S+)*)",
+    named = re.search(rf"python -m perf\.report (\S+/{profile}) --readme README\.md((?: --serving-records \S+)*)",
                       README)
-    folders = [Path(f) for f in (named.group(1).split()[1::2] if named else [])]
-    records = [r for folder in [Path("baselines") / profile, *folders]
+    first = Path(named.group(1)) if named else Path("baselines") / profile
+    folders = [Path(f) for f in (named.group(2).split()[1::2] if named else [])]
+    records = [r for folder in [first, *folders]
                for r in read_records(ROOT / folder.parent, folder.name)[0].values() if r.profile == profile]
     command = named.group(0) if named else f"python -m perf.report baselines/{profile} --readme README.md"
     assert replace_block(README, f"serving:{profile}", serving_table(records, profile)) == README, (

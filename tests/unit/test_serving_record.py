@@ -70,7 +70,7 @@ def test_serving_table_lists_every_request_and_the_findings():
                           "rtx4090")
     assert "| rtx4090_optimized | batches | batch 4 | 9.000 | 1 | 3.000 | 0 | 80.0 | 22.5 |  |  |" in table
     assert ("| rtx4090_optimized | resident | hot-swap from memory | 0.010 | 0 | 0.002 | 0 | - | - | 0.0000 "
-            "(tolerance 0.005) | 2026-11-24 0997180 |") in table
+            "(tolerance 0.0050) | 2026-11-24 0997180 |") in table
     assert table.endswith("- rtx4090_optimized: batches: 1 graph(s) compiled by the first requests")
 
 
