@@ -11,7 +11,8 @@ from typing import Literal
 from perf.judge.schema import Count, Fraction, GiB, Seconds, frozen_section
 from perf.judge.tolerances import serving_tolerance
 
-Scenario = Literal["scale", "resolutions", "batches", "resident", "named", "two"]
+Scenario = Literal["scale", "resolutions", "resolutions_static", "resolutions_dynamic", "batches", "resident", "named",
+                   "two"]
 
 
 @frozen_section
@@ -48,7 +49,8 @@ class ScaleFigures:
 
 @frozen_section
 class ShapeMode:
-    """Every shape served under one of torch.compile's shape modes, compiled from scratch."""
+    """Every shape served under one of torch.compile's shape modes, compiled from scratch: how records before
+    2026-11-30 kept the modes, inside ``resolutions``; since then each mode is a scenario of its own."""
 
     graphs: Count
     steady_recompiles: Count

@@ -209,17 +209,16 @@ class Case:
             result = serve_scenario(scenario, self.built, progress, reference=self.swap_reference,
                                     resident=resident)
             self.serving_results[scenario] = result
+            outcome = (f"failed: {result.failure}" if result.failure else f"{result.warmup_recompiles} graph(s) "
+                       f"compiled by the first requests, {result.steady_recompiles} after")
+            progress(f"[{self.recipe.name}] serving: {scenario}: {outcome}; {time.perf_counter() - wall:.0f} s "
+                     f"({sum(os.times()[:4]) - cpu:.0f} s of CPU)")
             if result.failure:
                 why = recover(self.built, before)
                 progress(f"[{self.recipe.name}] serving: the pipeline put back after {scenario}'s failure"
                          if why is None else f"[{self.recipe.name}] serving: the pipeline could not be put back: {why}")
                 if why is not None:
                     self.serving_unusable = f"the pipeline could not be put back after {scenario} failed: {why}"
-            outcome = (f"failed: {result.failure}" if result.failure else
-                       f"{result.warmup_recompiles} graph(s) compiled by the first requests, {result.steady_recompiles}"
-                       " after")
-            progress(f"[{self.recipe.name}] serving: {scenario}: {outcome}; {time.perf_counter() - wall:.0f} s "
-                     f"({sum(os.times()[:4]) - cpu:.0f} s of CPU)")
         return self.serving_results[scenario]
 
     def time_generations(self, benchmark, rounds: int) -> RecompileWatcher:

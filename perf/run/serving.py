@@ -36,11 +36,9 @@ from perf.judge.serving_record import (
     NamedFigures,
     Request,
     ResidentFigures,
-    ResolutionFigures,
     ScaleFigures,
     ServingResult,
     SetAdaptersFigures,
-    ShapeMode,
     TwoFigures,
     WeightChange,
 )
@@ -93,11 +91,12 @@ SHAPES = {
     "full": ((1024, 1024), (768, 1344), (1344, 768), (512, 512)),
     "tiny": ((64, 64), (48, 80), (80, 48), (32, 32)),
 }
-# torch.compile(dynamic=...) is these dynamo settings for the frames it compiles; after torch.compiler.reset()
-# the case's compiled transformer recompiles under them (torch/_dynamo/eval_frame.py, ``_TorchDynamoContext``)
+# Scenario -> the dynamo settings torch.compile(dynamic=False) (static shapes) and dynamic=True give the frames it
+# compiles; after torch.compiler.reset() the case's compiled transformer recompiles under them
+# (torch/_dynamo/eval_frame.py, ``_TorchDynamoContext``)
 SHAPE_MODES = {
-    "static (dynamic=False)": {"automatic_dynamic_shapes": False, "assume_static_by_default": True},
-    "dynamic=True": {"automatic_dynamic_shapes": True, "assume_static_by_default": False},
+    "resolutions_static": {"automatic_dynamic_shapes": False, "assume_static_by_default": True},
+    "resolutions_dynamic": {"automatic_dynamic_shapes": True, "assume_static_by_default": False},
 }
 
 
@@ -122,6 +121,11 @@ KNOWN_RECOMPILES = {
     "resident": Known(0, ""),
     "two": Known(1, "the second slot loaded into the compiled transformer and both made active: the first request "
                  "compiles a graph with both; weights written in place and hot-swaps of either slot reuse it"),
+    "resolutions_static": Known(3, "static shapes (dynamic=False) compile one graph per sequence length by design, "
+                                "the default shape's too (the mode starts from torch.compiler.reset()); portrait and "
+                                "landscape share one: the transformer sees packed latents, the same number of tokens"),
+    "resolutions_dynamic": Known(1, "dynamic=True compiles one graph with symbolic sizes from the first shape on "
+                                 "(the mode starts from torch.compiler.reset()); every other shape reuses it"),
     "named": Known(1, "per named adapter switched to for the first time: set_adapters makes that adapter's LoRA "
                    "modules the active ones (other parameters, their requires_grad turned on), which fails the "
                    "compiled graph's guards; a switch back to an adapter already switched to reuses its graph"),
@@ -173,16 +177,16 @@ def serve_all(built: BuiltPipeline, requests: dict[str, dict],
 @contextlib.contextmanager
 def leaves_pipeline_as_built(built: BuiltPipeline) -> Iterator[None]:
     """Drop the graphs a scenario compiled and compile the default request again on the way out, so each scenario
-    (and every test after it) finds the pipeline as the case built it (nothing to do where it compiled none)."""
+    (and every test after it) finds the pipeline as the case built it (nothing to do where it compiled none). Not
+    after an error: ``recover`` puts the pipeline back then, and serving the default request on the wreck first
+    would be a full compile (minutes on a GPU) that fails or is dropped again."""
     watcher = RecompileWatcher()
-    try:
-        with watcher:
-            yield
-    finally:
-        if watcher.count:
-            torch.compiler.reset()
-            free_memory(built.device_type)
-            built.generate()
+    with watcher:
+        yield
+    if watcher.count:
+        torch.compiler.reset()
+        free_memory(built.device_type)
+        built.generate()
 
 
 def _adapter(built: BuiltPipeline, name: str) -> LoraAdapter:
@@ -235,27 +239,32 @@ def run_scale(built: BuiltPipeline, reference: StepReference, **_) -> ServingRes
                    scale=figures)
 
 
+def _shapes(built: BuiltPipeline) -> dict[str, dict]:
+    return {f"{h}x{w}": {"height": h, "width": w} for h, w in SHAPES[built.spec.source.size]}
+
+
 def run_resolutions(built: BuiltPipeline, **_) -> ServingResult:
-    """The recipe's pipeline at each shape: the first image's cost and graphs compiled per new shape, steady
-    latency per shape, none compiled once all are warm; then, on a GPU, the same with static shapes and with
-    ``dynamic=True`` (each mode compiles its graphs from scratch: on the CPU tens of seconds each for the tiny
-    model, so the CPU records why they were not run instead)."""
-    shapes = {f"{h}x{w}": {"height": h, "width": w} for h, w in SHAPES[built.spec.source.size]}
-    modes = {}
+    """The recipe's pipeline at each shape, as built (torch.compile's default automatic dynamic shapes): the first
+    image's cost and graphs compiled per new shape, steady latency per shape, none compiled once all are warm."""
     with leaves_pipeline_as_built(built):
-        requests = serve_all(built, shapes)
-        for mode, settings in SHAPE_MODES.items() if built.device_type == "cuda" else ():
+        requests = serve_all(built, _shapes(built))
+    return _result("resolutions", requests)
+
+
+def shape_mode(scenario: str) -> Callable[..., ServingResult]:
+    """The scenario serving every shape under ``SHAPE_MODES[scenario]``, its graphs compiled from scratch
+    (``torch.compiler.reset``). Each mode is its own scenario: on the H200 the static one compiles three full-graph
+    transformers (minutes each), so a run cut off at a machine's time limit keeps the modes it finished, and no one
+    scenario outgrows the time a machine is held. On the CPU both take about 37 s for the tiny model."""
+
+    def run(built: BuiltPipeline, **_) -> ServingResult:
+        with leaves_pipeline_as_built(built):
             torch.compiler.reset()
-            with torch._dynamo.config.patch(**settings):
-                served = serve_all(built, shapes)
-            modes[mode] = ShapeMode(sum(r.first_recompiles for r in served), sum(r.steady_recompiles for r in served),
-                                    {r.label: r.first_seconds for r in served},
-                                    {r.label: r.steady_seconds for r in served})
-    figures = ResolutionFigures(modes) if modes else ResolutionFigures(modes_not_run=(
-        f"static shapes and dynamic=True are compared on GPU profiles only: each mode recompiles the shapes from "
-        f"scratch, {max(r.first_seconds for r in requests):.0f} s for a new shape's first image on this CPU, which "
-        f"would more than double the serving part of the CPU suite"))
-    return _result("resolutions", requests, resolutions=figures)
+            with torch._dynamo.config.patch(**SHAPE_MODES[scenario]):
+                requests = serve_all(built, _shapes(built))
+        return _result(scenario, requests)
+
+    return run
 
 
 def run_batches(built: BuiltPipeline, **_) -> ServingResult:
@@ -813,8 +822,8 @@ def _stack() -> str:
 
 SCENARIOS: dict[str, Callable[..., ServingResult]] = {
     "scale": run_scale, "batches": run_batches, "resident": run_resident, "two": run_two, "named": run_named,
-    "resolutions": run_resolutions,
+    "resolutions": run_resolutions, **{scenario: shape_mode(scenario) for scenario in SHAPE_MODES},
 }
 """In the order a run serves them (pytest's order of the parameters): on a GPU each new graph is a full-graph
-compile of minutes, and ``resolutions`` compiles the most (its static and ``dynamic=True`` modes), so a run cut off
-by its time limit has recorded the others first."""
+compile of minutes, and the shape modes compile the most, so a run cut off by its time limit has recorded the others
+first."""

@@ -8,7 +8,7 @@ per minute) are in the record's ``serving``."""
 
 import pytest
 
-from perf.run.serving import SCALE_DEFECT, SCENARIOS, SHAPE_MODES, expects_failure, known_failure
+from perf.run.serving import SCALE_DEFECT, SCENARIOS, expects_failure, known_failure
 
 CHECKED = ("scale", "resident", "named", "two")  # where an adapter or its weight changes: the swap check
 
@@ -78,14 +78,6 @@ def test_scale_check_catches_the_calibrated_scale_error_at_every_scale(case, sui
 def test_a_scale_never_requested_before_compiles_nothing(case, suite):
     figures = served(case, suite, "scale").scale
     assert figures.unseen_recompiles == 0, f"scale {figures.unseen_scale} compiled {figures.unseen_recompiles} graph(s)"
-
-
-@pytest.mark.parametrize("mode", SHAPE_MODES)
-def test_warm_shapes_compile_nothing_with_static_or_dynamic_shapes(case, suite, mode):
-    figures = served(case, suite, "resolutions").resolutions
-    if mode not in figures.modes:
-        pytest.skip(figures.modes_not_run)
-    assert figures.modes[mode].steady_recompiles == 0, f"{mode}: {figures.modes[mode]}"
 
 
 def test_batches_fit_the_memory_budget(case, suite):
