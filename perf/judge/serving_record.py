@@ -48,23 +48,6 @@ class ScaleFigures:
 
 
 @frozen_section
-class ShapeMode:
-    """Every shape served under one of torch.compile's shape modes, compiled from scratch: how records before
-    2026-11-30 kept the modes, inside ``resolutions``; since then each mode is a scenario of its own."""
-
-    graphs: Count
-    steady_recompiles: Count
-    first_seconds: dict[str, Seconds]
-    steady_seconds: dict[str, Seconds]
-
-
-@frozen_section
-class ResolutionFigures:
-    modes: dict[str, ShapeMode] = field(default_factory=dict)  # mode -> its figures (GPU profiles)
-    modes_not_run: str | None = None  # why the modes were not compared (CPU)
-
-
-@frozen_section
 class BatchFit:
     """The largest batch served within the memory budget, and the peak of each batch tried."""
 
@@ -162,7 +145,7 @@ class ServingResult:
     failure: str | None = None  # the error that ended the scenario ("RuntimeError: ..."): no figures then
     noise_floor: Fraction | None = None  # the checks' A/A control (``FLOOR_PERTURBATION``); None: no check
     scale: ScaleFigures | None = None
-    resolutions: ResolutionFigures | None = None
+    resolutions: None = None  # the key of records before 2026-11-30 (the shape modes are scenarios now), always null
     batches: BatchFigures | None = None
     resident: ResidentFigures | None = None
     named: NamedFigures | None = None

@@ -197,11 +197,12 @@ def _with_scale(inputs: StepInputs, scale: float) -> StepInputs:
     return StepInputs({**inputs.kwargs, "joint_attention_kwargs": {"scale": scale}})
 
 
-def noise_floor(built: BuiltPipeline, reference: StepReference) -> float:
-    """The serving checks' A/A control: the reference's state against itself with every scaling off by
-    ``FLOOR_PERTURBATION`` (no recompile: written in place). About that much on the CPU; on FP8 rows the roundings it
-    flips read as the floor every request that does not write the fresh pipeline's bits stands on."""
-    same = same_numerics_reference(built, reference)
+def noise_floor(built: BuiltPipeline, reference: StepReference, same: SameNumerics | None = None) -> float:
+    """The serving checks' A/A control: the reference's state against itself (``same``, where the scenario took it
+    already) with every scaling off by ``FLOOR_PERTURBATION`` (no recompile: written in place). About that much on
+    the CPU; on FP8 rows the roundings it flips read as the floor every request that does not write the fresh
+    pipeline's bits stands on."""
+    same = same or same_numerics_reference(built, reference)
     return same.error(same_numerics_reference(built, reference, 1 + FLOOR_PERTURBATION).output)
 
 
@@ -334,25 +335,31 @@ def _swap_cycles(built: BuiltPipeline, adapters: Sequence[LoraAdapter], swap: Ca
                    sum(c for *_, c in steady), images=0)
 
 
+def error_line(exc: BaseException, limit: int | None = None) -> str:
+    """``exc`` as its type and the first line of its message (cut at ``limit`` characters): what a record keeps."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:limit]}"
+
+
 def _refusal(load: Callable[[], None]) -> str | None:
     """Why diffusers or peft refused a load (the ``ValueError`` they raise: "Configs are incompatible", no adapter by
     that name), or None where it loaded."""
     try:
         load()
     except ValueError as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return error_line(exc, 300)
     return None
 
 
-def _reopen_slot(built: BuiltPipeline, first: CachedLora) -> bool:
-    """The hot-swap slot loaded again with the first adapter where a refused load took it out of the transformer
-    (diffusers deletes the adapter it failed to load: the live slot, for a hot-swap), prepared for hot-swap again;
-    True where it had to. The compiled graph recompiles at its next call."""
+def _reopen_slot(built: BuiltPipeline, first: CachedLora | None = None) -> bool:
+    """The hot-swap slot loaded again with the first adapter (``first``, or read from its file only when needed)
+    where a refused load took it out of the transformer (diffusers deletes the adapter it failed to load: the live
+    slot, for a hot-swap), prepared for hot-swap again; True where it had to. The compiled graph recompiles at its
+    next call."""
     pipe = built.pipe
     if HOTSWAP_ADAPTER in getattr(pipe.transformer, "peft_config", {}):
         return False
     pipe.enable_lora_hotswap(target_rank=built.spec.target_rank, check_compiled="ignore")
-    first.load(pipe, adapter_name=HOTSWAP_ADAPTER)
+    (first or CachedLora.read(built.first)).load(pipe, adapter_name=HOTSWAP_ADAPTER)
     built.current = built.first
     return True
 
@@ -483,7 +490,7 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
     with leaves_pipeline_as_built(built):
         with RecompileWatcher() as probing:  # loading named adapters changes what the slot's graph guards on
             same = same_numerics_reference(built, reference)
-            floor = noise_floor(built, reference)
+            floor = noise_floor(built, reference, same)
         try:
             cache = [CachedLora.read(a) for a in resident]
             with RecompileWatcher() as loading:
@@ -647,7 +654,7 @@ def _two_finding(diffusers: SetAdaptersFigures, tolerance: float) -> str | None:
 
 
 def _failure(exc: Exception, adapter: str, graphs: int, limit_set_to: int | None = None) -> LimitHit:
-    return LimitHit(adapter, graphs, f"{type(exc).__name__}: {str(exc).splitlines()[0]}", limit_set_to)
+    return LimitHit(adapter, graphs, error_line(exc), limit_set_to)
 
 
 def _fail_at_limit(built: BuiltPipeline, switch: Switch, probe: StepInputs) -> LimitHit:
@@ -738,10 +745,8 @@ tests treat it as a strict expected failure (a stack that serves the scenario fa
 
 def known_failure(scenario: str, recipe: Recipe, failure: str | None) -> KnownFailure | None:
     """The documented failure ``scenario`` has on ``recipe``'s kind, when ``failure`` is it (None otherwise)."""
-    known = KNOWN_FAILURES.get(scenario)
-    if known is None or not known.applies(recipe) or failure is None or known.error not in failure:
-        return None
-    return known
+    known = expects_failure(scenario, recipe)
+    return known if known is not None and failure is not None and known.error in failure else None
 
 
 def expects_failure(scenario: str, recipe: Recipe) -> KnownFailure | None:
@@ -761,7 +766,7 @@ def serve_scenario(scenario: str, built: BuiltPipeline, progress: Callable[[str]
     except Exception as exc:  # any library error is the scenario's outcome: recorded and reported, not a crash
         progress("".join(traceback.format_exception(exc)[-6:]).rstrip())
         free_memory(built.device_type)
-        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}"
+        error = error_line(exc, 500)
         known = known_failure(scenario, built.recipe, error)
         because = f": {known.why}" if known else ""
         return ServingResult(scenario, (), failure=error,
@@ -801,7 +806,7 @@ def recover(built: BuiltPipeline, before: AsBuilt) -> str | None:
         others = [name for name in getattr(pipe.transformer, "peft_config", {}) if name != HOTSWAP_ADAPTER]
         if others:
             pipe.delete_adapters(others)
-        _reopen_slot(built, CachedLora.read(built.first))
+        _reopen_slot(built)
         _activate(pipe.transformer, HOTSWAP_ADAPTER)
         modules = lora_modules(pipe.transformer, HOTSWAP_ADAPTER)
         for module in modules.values():
@@ -811,7 +816,7 @@ def recover(built: BuiltPipeline, before: AsBuilt) -> str | None:
         built.generate()
     except Exception as exc:  # the pipeline stays unusable: said once, in each later scenario's result
         free_memory(built.device_type)
-        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        return error_line(exc, 300)
     return None
 
 
