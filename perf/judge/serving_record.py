@@ -27,6 +27,7 @@ class Request:
     steady_recompiles: Count
     images: Count = 1  # images per call (num_images_per_prompt); 0: a switch of adapters, no image
     peak_gib: GiB | None = None  # peak memory of the steady call (GPU reserved, or CPU process RSS)
+    first_decoder_graphs: Count = 0  # of first_recompiles, the compiled VAE decoder's (compile_vae rows)
 
     @property
     def images_per_minute(self) -> float | None:
@@ -140,7 +141,7 @@ class ServingResult:
     errors: dict[str, Fraction] = field(default_factory=dict)  # check -> error (must be within the tolerance)
     controls: dict[str, Fraction] = field(default_factory=dict)  # injected defect -> error (must exceed it)
     probe_recompiles: Count = 0  # graphs compiled while the checks and controls were measured (must be 0)
-    expected_recompiles: Count = 0  # graphs the first requests compile on this stack, as ``finding`` explains
+    expected_recompiles: Count = 0  # transformer graphs the first requests compile on this stack, as ``finding`` says
     finding: str | None = None  # what the libraries cannot do without recompiling or failing, with versions
     failure: str | None = None  # the error that ended the scenario ("RuntimeError: ..."): no figures then
     noise_floor: Fraction | None = None  # the checks' A/A control (``FLOOR_PERTURBATION``); None: no check
@@ -155,6 +156,16 @@ class ServingResult:
     def warmup_recompiles(self) -> int:
         """Graphs compiled by the first request of each kind (a new shape, scale, batch, adapter)."""
         return sum(r.first_recompiles for r in self.requests)
+
+    @property
+    def decoder_recompiles(self) -> int:
+        """Of those, the graphs the compiled VAE decoder compiled for new image shapes (``compile_vae`` rows)."""
+        return sum(r.first_decoder_graphs for r in self.requests)
+
+    @property
+    def transformer_recompiles(self) -> int:
+        """The first requests' graphs but the decoder's: what ``expected_recompiles`` documents."""
+        return self.warmup_recompiles - self.decoder_recompiles
 
     @property
     def steady_recompiles(self) -> int:

@@ -29,7 +29,7 @@ from perf.judge.compare import (
     warmup_seconds,
 )
 from perf.judge.record import RunRecord
-from perf.judge.serving_record import ServingResult
+from perf.judge.serving_record import Request, ServingResult
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
@@ -216,7 +216,7 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
             rows.append((recipe, name, f"failed: {result.failure[:80]}", *["-"] * 7, source))
         for i, request in enumerate(result.requests):
             rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
-                         str(request.first_recompiles), f"{request.steady_seconds:.3f}",
+                         _graphs(request), f"{request.steady_seconds:.3f}",
                          str(request.steady_recompiles), _value(request.images_per_minute, ".1f"),
                          _value(request.peak_gib, ".1f"), check if i == 0 else "", source if i == 0 else ""))
         if result.finding:
@@ -225,6 +225,12 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
         return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
                 f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
     return "\n".join([markdown_table(SERVING_HEADER, rows), *(["", *findings] if findings else [])])
+
+
+def _graphs(request: Request) -> str:
+    """A first request's graphs, the compiled VAE decoder's named where it compiled any."""
+    decoder = request.first_decoder_graphs
+    return f"{request.first_recompiles} ({decoder} VAE)" if decoder else str(request.first_recompiles)
 
 
 def replace_block(text: str, name: str, content: str) -> str:

@@ -209,8 +209,9 @@ class Case:
             result = serve_scenario(scenario, self.built, progress, reference=self.swap_reference,
                                     resident=resident)
             self.serving_results[scenario] = result
-            outcome = (f"failed: {result.failure}" if result.failure else f"{result.warmup_recompiles} graph(s) "
-                       f"compiled by the first requests, {result.steady_recompiles} after")
+            decoder = f" ({result.decoder_recompiles} the VAE decoder's)" if result.decoder_recompiles else ""
+            outcome = (f"failed: {result.failure}" if result.failure else f"{result.warmup_recompiles} graph(s)"
+                       f"{decoder} compiled by the first requests, {result.steady_recompiles} after")
             progress(f"[{self.recipe.name}] serving: {scenario}: {outcome}; {time.perf_counter() - wall:.0f} s "
                      f"({sum(os.times()[:4]) - cpu:.0f} s of CPU)")
             if result.failure:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -135,20 +136,43 @@ def breakdown(kernels: dict[str, float], flops: dict[str, float]) -> dict[str, d
     return result
 
 
-def per_adapter_images(built: BuiltPipeline, rounds: int) -> dict[str, list[float]]:
-    """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), the first
-    adapter back in place afterwards: the suite's timed rounds swap to the next adapter before each image, and
-    their spread (5% on the H200's best row, against 0.3% for one adapter's images) is either the adapter or
-    the swap; this says which."""
-    device_type, images = built.device_type, {}
-    for adapter in (*built.spec.pool.adapters, built.first):
-        # loaded as the suite loads them, outside inference mode: under it, diffusers' state_dict() of a
-        # torchao-quantized transformer fails ("Cannot set version_counter for inference tensor", H200, 2026-11-30)
-        with torch.inference_mode(False):
-            built.load_adapter(adapter)
-        if adapter.name not in images:
-            images[adapter.name] = time_rounds(built.generate, None, rounds, device_type)
-    return images
+def per_adapter_images(built: BuiltPipeline, rounds: int) -> tuple[dict[str, list[float]], list[dict]]:
+    """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), round-robin
+    (each round swaps through the pool in order), the first adapter back in place afterwards; and every image in
+    the order served, with the GPU's clock, power and temperature after it (``gpu_state``). The suite's timed
+    rounds swap to the next adapter before each image, and their spread (5% on the H200's best row, against 0.3%
+    for one adapter's images) is the adapter, the swap or the time into the run: served one adapter after another,
+    the four adapters' images read 2.82, 2.95, 2.99 and 3.07 s, in the order served (H200, 2026-11-30). Round-robin,
+    an adapter's own cost shows as its rounds alike, and a drift in time (a clock falling as the GPU heats) as
+    every adapter's later rounds slower."""
+    device_type, images, served = built.device_type, {}, []
+    for _ in range(rounds):
+        for adapter in built.spec.pool.adapters:
+            # loaded as the suite loads them, outside inference mode: under it, diffusers' state_dict() of a
+            # torchao-quantized transformer fails ("Cannot set version_counter for inference tensor", H200)
+            with torch.inference_mode(False):
+                built.load_adapter(adapter)
+            (seconds,) = time_rounds(built.generate, None, 1, device_type)
+            images.setdefault(adapter.name, []).append(seconds)
+            served.append({"adapter": adapter.name, "seconds": seconds, **gpu_state(device_type)})
+    with torch.inference_mode(False):
+        built.load_adapter(built.first)
+    return images, served
+
+
+def gpu_state(device_type: str) -> dict[str, float]:
+    """The GPU's SM clock (MHz), power (W) and temperature (C) now, from ``nvidia-smi`` for the device this process
+    runs on (by UUID: CUDA_VISIBLE_DEVICES renumbers devices); empty on a CPU or where it cannot be read."""
+    if device_type != "cuda":
+        return {}
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    query = ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
+             "--format=csv,noheader,nounits"]
+    try:
+        fields = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.split(",")
+        return dict(zip(("sm_clock_mhz", "power_w", "temperature_c"), map(float, fields), strict=True))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
 
 
 def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) -> dict:
@@ -185,7 +209,7 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
         result["build_and_warmup_s"] = time.perf_counter() - started
         result["image"] = {"wall_s": time_rounds(built.generate, None, rounds, device_type)}
         if recipe.hotswap:
-            result["image"]["per_adapter_s"] = per_adapter_images(built, rounds)
+            result["image"]["per_adapter_s"], result["image"]["served"] = per_adapter_images(built, rounds)
         save()
 
         def step() -> object:

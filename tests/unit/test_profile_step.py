@@ -58,6 +58,8 @@ def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, 
     per_adapter = result["image"]["per_adapter_s"]  # a hot-swap recipe: each pool adapter's images apart
     assert list(per_adapter) == ["peft_all", "kohya", "xlabs", "ai_toolkit_reordered"]
     assert all(len(seconds) == 3 for seconds in per_adapter.values())
+    served = [image["adapter"] for image in result["image"]["served"]]  # round-robin, so time and adapter part
+    assert served == list(per_adapter) * 3
     assert result["step"]["gpu_kernel_ms"] > 0 and result["step"]["wall_ms"] > 0
     assert result["step"]["by_category"]  # the tiny step's CPU operators, sorted into categories
     assert "floor" not in result  # the floor needs a GPU's matmul ceilings

@@ -31,7 +31,7 @@ def test_results_tables_are_generated_from_the_stored_records(profile):
 def test_serving_tables_are_generated_from_the_stored_records(profile):
     """From the baselines and the ``--serving-records`` folders the README's command for that profile names (GPU
     runs record the scenarios in parts)."""
-    named = re.search(rf"python -m perf\.report (\S+/{profile}) --readme README\.md((?: --serving-records \S+)*)",
+    named = re.search(rf"python -m perf\.report (\S+/{profile}) --readme README\.md((?: --serving-records [^\s`]+)*)",
                       README)
     first = Path(named.group(1)) if named else Path("baselines") / profile
     folders = [Path(f) for f in (named.group(2).split()[1::2] if named else [])]
