@@ -22,7 +22,7 @@ import itertools
 import statistics
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -736,11 +736,10 @@ def _result(scenario: str, requests: tuple[Request, ...], errors: dict | None = 
     """``expected``: the graphs the first requests should compile where it is not the scenario's documented count
     (a count per request); ``detail``: what the scenario measured beyond the count, for the finding; ``figures``:
     the scenario's own figures section (``scale=ScaleFigures(...)``, ...)."""
-    decoder = sum(r.first_decoder_graphs for r in requests)
-    measured = sum(r.first_recompiles for r in requests) - decoder
     expected = KNOWN_RECOMPILES[scenario].count if expected is None else expected
-    return ServingResult(scenario, requests, errors or {}, controls or {}, probe_recompiles, expected,
-                         finding(scenario, measured, expected, detail, decoder), **figures)
+    result = ServingResult(scenario, requests, errors or {}, controls or {}, probe_recompiles, expected, **figures)
+    return replace(result, finding=finding(scenario, result.transformer_recompiles, expected, detail,
+                                           result.decoder_recompiles))
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,6 @@ def test_batches_count_the_decoders_graphs_apart_from_the_transformers(with_comp
     assert "the compiled VAE decoder compiled 1 graph(s) more" in result.finding
 
 
-def test_a_row_without_a_compiled_decoder_counts_none_of_its_graphs(tiny_spec):
-    built = build_pipeline(tiny_spec, get_recipe("no_fa3_fp8"))
-    built.generate()
-    result = serving.run_batches(built)
-    assert (result.decoder_recompiles, result.transformer_recompiles) == (0, result.warmup_recompiles)
-    assert "VAE decoder" not in result.finding
-
-
 def test_records_before_the_decoder_count_read_as_none_of_it_and_the_table_names_it_where_counted():
     data = json.loads(to_json(example_record("optimized_fast", serving={"batches": BATCHES})))
     for request in data["serving"]["batches"]["requests"]:
