@@ -10,6 +10,11 @@ happens there), capturing the transformer's inputs of one denoising step on the 
 - on a GPU, measures the matmul ceilings (8192^3 bf16 and FP8 rowwise ``_scaled_mm``) and sets the step's FLOPs
   (from the model config) against them: the floor an image cannot beat with these kernels.
 
+With ``--recipe`` repeated, each recipe is built in turn and each adapter's image of a later one is compared
+(PSNR, SSIM) with the same adapter's image of the first: the quality a speed-up costs against its sibling row
+(``--recipe optimized_vae --recipe optimized_fast_cudagraphs --recipe optimized_fast_static_qk``: bf16 attention,
+FP8 attention, static q/k scales).
+
 Writes ``profile-<recipe>.json`` as each part finishes (a job cut off keeps what it measured). On a CPU (tiny
 model) it runs too, without the floor: that is how CI checks it.
 """
@@ -17,6 +22,7 @@ model) it runs too, without the floor: that is how CI checks it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -25,12 +31,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from perf.build import compile_settings
 from perf.build.builder import BuiltPipeline, attention_shape, build_pipeline
 from perf.judge.record import IDENTITY_FIELDS, to_data
-from perf.run.measure import synchronize, time_rounds
+from perf.run.measure import synchronize, time_rounds, timed
+from perf.run.quality import fidelity
 from perf.run.recording import identity
 from perf.spec.profiles import resolve_profile
 from perf.spec.recipes import get_recipe
@@ -136,7 +144,18 @@ def breakdown(kernels: dict[str, float], flops: dict[str, float]) -> dict[str, d
     return result
 
 
-def per_adapter_images(built: BuiltPipeline, rounds: int) -> tuple[dict[str, list[float]], list[dict]]:
+@dataclasses.dataclass(frozen=True)
+class AdapterImages:
+    """What ``per_adapter_images`` measured of one recipe: each adapter's seconds, every image in the order served,
+    and each adapter's first image (which a later recipe of the same run is compared with: same seed, prompt and
+    adapter, so what differs is the recipe's numerics)."""
+
+    seconds: dict[str, list[float]]
+    served: list[dict]
+    images: dict[str, np.ndarray]
+
+
+def per_adapter_images(built: BuiltPipeline, rounds: int) -> AdapterImages:
     """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), round-robin
     (each round swaps through the pool in order), the first adapter back in place afterwards; and every image in
     the order served, with the GPU's clock, power and temperature after it (``gpu_state``). The suite's timed
@@ -145,19 +164,32 @@ def per_adapter_images(built: BuiltPipeline, rounds: int) -> tuple[dict[str, lis
     the four adapters' images read 2.82, 2.95, 2.99 and 3.07 s, in the order served (H200, 2026-11-30). Round-robin,
     an adapter's own cost shows as its rounds alike, and a drift in time (a clock falling as the GPU heats) as
     every adapter's later rounds slower."""
-    device_type, images, served = built.device_type, {}, []
+    device_type, measured = built.device_type, AdapterImages({}, [], {})
     for _ in range(rounds):
         for adapter in built.spec.pool.adapters:
             # loaded as the suite loads them, outside inference mode: under it, diffusers' state_dict() of a
             # torchao-quantized transformer fails ("Cannot set version_counter for inference tensor", H200)
             with torch.inference_mode(False):
                 built.load_adapter(adapter)
-            (seconds,) = time_rounds(built.generate, None, 1, device_type)
-            images.setdefault(adapter.name, []).append(seconds)
-            served.append({"adapter": adapter.name, "seconds": seconds, **gpu_state(device_type)})
+            seconds, image = timed(built.generate, device_type)
+            measured.seconds.setdefault(adapter.name, []).append(seconds)
+            measured.images.setdefault(adapter.name, image)
+            measured.served.append({"adapter": adapter.name, "seconds": seconds, **gpu_state(device_type)})
     with torch.inference_mode(False):
         built.load_adapter(built.first)
-    return images, served
+    return measured
+
+
+def fidelity_against(images: dict[str, np.ndarray], reference: tuple[str, dict[str, np.ndarray]]) -> dict:
+    """PSNR (dB) and SSIM of each adapter's image against the same adapter's image of the reference recipe (the
+    first one profiled in this run): the quality a speed-up costs against its sibling, e.g. FP8 attention against
+    bf16 attention, or static q/k scales against dynamic ones (issue 25)."""
+    name, theirs = reference
+    per_adapter = {adapter: dataclasses.asdict(fidelity(image, theirs[adapter]))
+                   for adapter, image in images.items() if adapter in theirs}
+    return {"against": name, "per_adapter": per_adapter,
+            "worst_psnr": min((f["psnr"] for f in per_adapter.values()), default=None),
+            "worst_ssim": min((f["ssim"] for f in per_adapter.values()), default=None)}
 
 
 def gpu_state(device_type: str) -> dict[str, float]:
@@ -175,9 +207,11 @@ def gpu_state(device_type: str) -> dict[str, float]:
         return {}
 
 
-def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) -> dict:
+def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3,
+                   reference: tuple[str, dict[str, np.ndarray]] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Build ``recipe_name`` for ``spec`` as the suite does, warm it up through the pipeline, and measure where its
-    time goes."""
+    time goes; with ``reference`` (a recipe's name and its adapters' images), how far its images are from those.
+    Returns the figures written and each adapter's image (none for a recipe without hot-swap)."""
     device_type, settings = spec.device_type, spec.settings
     started = time.perf_counter()
     recipe = get_recipe(recipe_name)
@@ -208,8 +242,13 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
         args, kwargs = capture_inputs(pipe.transformer, built.generate)
         result["build_and_warmup_s"] = time.perf_counter() - started
         result["image"] = {"wall_s": time_rounds(built.generate, None, rounds, device_type)}
+        images = {}
         if recipe.hotswap:
-            result["image"]["per_adapter_s"], result["image"]["served"] = per_adapter_images(built, rounds)
+            measured = per_adapter_images(built, rounds)
+            images = measured.images
+            result["image"] |= {"per_adapter_s": measured.seconds, "served": measured.served}
+            if reference is not None:
+                result["image"]["fidelity"] = fidelity_against(images, reference)
         save()
 
         def step() -> object:
@@ -244,7 +283,7 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3) 
                            "took in this step; nothing else (quantization, norms, LoRA, VAE, text encoders)",
             }
             save()
-    return result
+    return result, images
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,9 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_run_options(parser.add_argument)
     args = parser.parse_args(argv)
     spec = resolve_run(resolve_profile(None), args.model, args.lora, args.max_rank, args.perf_cache)
+    reference = None  # the first recipe with adapter images: each later one's images are compared with its
     for name in args.recipe:
         settings_before = compile_settings.snapshot()
-        result = profile_recipe(name, args.out, spec)
+        result, images = profile_recipe(name, args.out, spec, reference=reference)
+        reference = reference or ((name, images) if images else None)
         step, floor = result["step"], result.get("floor", {})
         print(f"{name}: {step['gpu_kernel_ms']:.1f} ms of kernels per step, {step['wall_ms']:.1f} ms wall; image "
               f"{statistics.median(result['image']['wall_s']):.3f} s, floor {floor.get('image_floor_s', 0):.2f} s")
@@ -268,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             spread = max(per_adapter.values()) / min(per_adapter.values()) - 1
             print("  images per adapter (median s): " + ", ".join(f"{n} {v:.3f}" for n, v in per_adapter.items())
                   + f"; {spread:.1%} apart")
+        compared = result["image"].get("fidelity")
+        if compared:
+            print(f"  against {compared['against']}'s images: PSNR {compared['worst_psnr']:.1f} dB, SSIM "
+                  f"{compared['worst_ssim']:.4f} at worst over the adapters")
         for label, row in step["by_category"].items():
             rate = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
             print(f"  {label:<32} {row['ms']:8.1f} ms  {row['share']:6.1%}{rate}")

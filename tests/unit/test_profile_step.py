@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from perf.tools.profile_step import breakdown, category, main, step_flops
+from perf.run.quality import PSNR_CEILING
+from perf.tools.profile_step import breakdown, category, fidelity_against, main, step_flops
 
 # Kernel names read off the H100 profiles in baselines/h100/profiles/.
 KERNELS = {
@@ -50,7 +52,7 @@ def test_breakdown_shares_add_up_and_rates_follow_from_flops():
 def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, cpu_profile):
     monkeypatch.setenv("FLUX_LORA_PERF_CACHE", str(tiny_cache))
     monkeypatch.setattr("perf.tools.profile_step.resolve_profile", lambda _requested: cpu_profile)
-    assert main(["--recipe", "hotswap_eager", "--out", str(tmp_path)]) == 0
+    assert main(["--recipe", "hotswap_eager", "--recipe", "no_fa3_fp8", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "profile-hotswap_eager.json").read_text())
     assert result["model_source"] == "synthetic-tiny" and result["recipe"]["name"] == "hotswap_eager"
     assert result["versions"]["torch"] and "commit" in result  # identified as every record is
@@ -63,3 +65,17 @@ def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, 
     assert result["step"]["gpu_kernel_ms"] > 0 and result["step"]["wall_ms"] > 0
     assert result["step"]["by_category"]  # the tiny step's CPU operators, sorted into categories
     assert "floor" not in result  # the floor needs a GPU's matmul ceilings
+    assert "fidelity" not in result["image"]  # the first recipe is the one the others are compared with
+    compiled = json.loads((tmp_path / "profile-no_fa3_fp8.json").read_text())["image"]["fidelity"]
+    assert compiled["against"] == "hotswap_eager" and set(compiled["per_adapter"]) == set(per_adapter)
+    assert compiled["worst_psnr"] > 40 and compiled["worst_ssim"] > 0.99  # compiled, else the same numerics
+
+
+def test_images_are_compared_adapter_by_adapter():
+    """The control: another adapter's image in place of the right one reads far lower than the right one."""
+    rng = np.random.default_rng(0)
+    right, other = rng.random((64, 64, 3), dtype=np.float32), rng.random((64, 64, 3), dtype=np.float32)
+    same = fidelity_against({"a": right}, ("ref", {"a": right, "b": other}))
+    swapped = fidelity_against({"a": other}, ("ref", {"a": right, "b": other}))
+    assert (same["worst_psnr"], same["worst_ssim"]) == (PSNR_CEILING, pytest.approx(1.0))
+    assert swapped["worst_psnr"] < 10 and swapped["worst_ssim"] < 0.1
