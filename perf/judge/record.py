@@ -67,6 +67,11 @@ class PoolAdapter:
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
+HOTSWAP_SCALING = "peft's hot-swap of an adapter with per-module ranks or alphas (rank_pattern, alpha_pattern)"
+"""The subject of the finding ``perf.run.hotswap_scaling`` measures: judging reads it to tell a check that fired
+for this known library defect from a false alarm."""
+
+
 @_frozen
 class LoraFinding:
     """What the installed libraries cannot do, or do wrong, with LoRA adapters, as this run measured it (a key

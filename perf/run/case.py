@@ -26,6 +26,7 @@ from perf.build.builder import BuiltPipeline, build_pipeline
 from perf.errors import CompileBudgetExceeded, SuiteError
 from perf.judge.baseline_files import write_record
 from perf.judge.record import (
+    HOTSWAP_SCALING,
     OUT_OF_MEMORY,
     OVER_COMPILE_BUDGET,
     CheckOutcome,
@@ -39,7 +40,6 @@ from perf.judge.tolerances import EFFECT_TOLERANCE
 from perf.run.checks import image_diff
 from perf.run.churn import ChurnResult, run_churn
 from perf.run.cold_start import ColdStart
-from perf.run.hotswap_scaling import SUBJECT as HOTSWAP_SCALING
 from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, reset_peak, synchronize, time_rounds
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record

@@ -18,9 +18,9 @@ import math
 
 import torch
 
+from perf.judge.record import HOTSWAP_SCALING as SUBJECT
 from perf.judge.record import LoraFinding
 
-SUBJECT = "peft's hot-swap of an adapter with per-module ranks or alphas (rank_pattern, alpha_pattern)"
 DEFAULT_RANK, DEFAULT_ALPHA = 4, 8.0
 RANK_PATTERN = {"lin1": 2}  # lin1: another rank, the default alpha
 ALPHA_PATTERN = {"lin2": 2.0}  # lin2: the default rank, another alpha; lin0: both defaults
