@@ -148,8 +148,9 @@ def serving_checks(recipe: str, runs: list[Record]) -> list[Calibration]:
         checked = [r for r in results if r.errors]
         if checked:
             tolerances = sorted({round(r.tolerance, 4) for r in checked})
-            tolerance = (f"{tolerances[0]:.4g}" if len(tolerances) == 1 else
-                         f"{tolerances[0]:.4g}-{tolerances[-1]:.4g}") + " (max(0.005, 1.5 x floor))"
+            floored = any(r.noise_floor is not None for r in checked)
+            tolerance = (f"{tolerances[0]:.4g}" if len(tolerances) == 1 else f"{tolerances[0]:.4g}-{tolerances[-1]:.4g}"
+                         ) + (" (max(0.005, 1.5 x floor))" if floored else " (fixed: no floor measured)")
             missed = sorted({c for r in checked for c, e in r.controls.items() if e <= r.tolerance})
             nearest = min((e / r.tolerance, c) for r in checked for c, e in r.controls.items())
             caught = (f"MISSED: {', '.join(missed)}" if missed else
