@@ -197,7 +197,7 @@ def gpu_state(device_type: str) -> dict[str, float]:
     runs on (by UUID: CUDA_VISIBLE_DEVICES renumbers devices); empty on a CPU or where it cannot be read."""
     if device_type != "cuda":
         return {}
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
     query = ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
              "--format=csv,noheader,nounits"]
     try:
