@@ -78,6 +78,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "batches, resident adapters, two adapters at once: perf/run/serving.py).",
     )
     group.addoption(
+        "--serving", default=None, metavar="NAME,NAME",
+        help="serve only these scenarios (comma-separated: scale, batches, resident, two, named, resolutions, "
+        "resolutions_static, resolutions_dynamic; default: all); the others' tests skip. On a GPU each scenario "
+        "compiles for minutes: split them across jobs, and join their records with python -m perf.report ... "
+        "--serving-records.",
+    )
+    group.addoption(
         "--no-cold-start", action="store_true",
         help="skip the cold/warm start measurement of compiled hot-swap recipes (two extra processes per recipe, "
         "each compiling: the cold one from an empty compile cache, the warm one from the cache it filled).",

@@ -42,6 +42,7 @@ from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
 from perf.run.quality import QualityResult, load_clip_scorer
 from perf.run.recording import identity
+from perf.run.serving import SCENARIOS
 from perf.run.stack_check import LIBRARIES, check_imports, check_stack, write_check
 from perf.spec.cache import cache_dir, clear_cache
 from perf.spec.loras import LoraAdapter, LoraPool, synthetic_pool
@@ -49,7 +50,7 @@ from perf.spec.models import resolve_source
 from perf.spec.profiles import ActiveProfile, apply_memory_cap, resolve_profile
 from perf.spec.recipes import Recipe, get_recipe, unsupported_reason
 from perf.spec.run_spec import RUN_OPTIONS, RunSpec, resolve_run
-from perf.spec.validate import recipe_names, validate_paths, validate_run
+from perf.spec.validate import recipe_names, serving_scenarios, validate_paths, validate_run
 from perf.workers import is_controller, pin_worker_gpu, session_id
 
 DEFAULT_ROUNDS = {"tiny": 5, "full": 3}
@@ -140,6 +141,7 @@ class PerfSession:
                            config.getoption("--update-baselines"), config.getoption("--perf-cache"),
                            config.getoption("--clip-model"), config.rootpath)
             recipe_names(config.getoption("--recipes"))
+            serving_scenarios(config.getoption("--serving"), tuple(SCENARIOS), config.getoption("--no-serving"))
             active = resolve_profile(config.getoption("--profile"))
             budget = config.getoption("--compile-budget")
             if active is not None and budget:
@@ -312,6 +314,11 @@ class PerfSession:
 
     def runs_serving(self, recipe: Recipe) -> bool:
         return recipe.serves_hotswap and not self.option("--no-serving")
+
+    def left_out(self, scenario: str) -> str | None:
+        """Why ``--serving`` leaves ``scenario`` out of this run, or None where it is served."""
+        wanted = serving_scenarios(self.option("--serving"), tuple(SCENARIOS))
+        return None if wanted is None or scenario in wanted else f"--serving {','.join(wanted)} leaves {scenario} out"
 
     def serve(self, case: Case, scenario: str) -> ServingResult:
         """``case``'s serving scenario ``scenario`` (run once), its record rewritten in the results folder as soon as

@@ -65,6 +65,23 @@ def recipe_names(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def serving_scenarios(text: str | None, known: tuple[str, ...], no_serving: bool = False) -> tuple[str, ...] | None:
+    """``--serving``: None when it is not given (every scenario), else its names, each one of ``known`` (the
+    serving scenarios). A list that names nothing, or one given beside ``--no-serving``, is a mistake."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if no_serving:
+        raise SuiteError(f"--serving {text} and --no-serving contradict each other: give one of them")
+    if not names:
+        raise SuiteError(f"--serving {text!r} names no scenario: give comma-separated scenario names "
+                         f"({', '.join(known)}), or leave the option out to serve every one")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SuiteError(f"--serving: unknown scenario {unknown[0]!r}; known scenarios: {', '.join(known)}")
+    return names
+
+
 def _nearest_existing(path: Path) -> Path:
     return next(folder for folder in (path, *path.parents) if folder.exists())
 

@@ -23,6 +23,9 @@ def served(case, suite, scenario):
     if not suite.runs_serving(case.recipe):
         pytest.skip(f"{case.recipe.name}: the serving scenarios run on compiled hot-swap recipes only (where a request "
                     "can recompile), and not under --no-serving")
+    left_out = suite.left_out(scenario)
+    if left_out:
+        pytest.skip(left_out)
     result = suite.serve(case, scenario)
     if known_failure(scenario, case.recipe, result.failure):
         pytest.xfail(f"finding: {result.finding}")

@@ -167,6 +167,19 @@ def test_pytest_rejects_an_unknown_recipe_as_a_usage_error(tmp_path):
     assert "hotswap_eager" in output
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    (("--serving", "scale,nope"), "--serving: unknown scenario 'nope'; known scenarios: scale, batches,"),
+    (("--serving", ","), "--serving ',' names no scenario"),
+    (("--serving", "scale", "--no-serving"), "--serving scale and --no-serving contradict each other"),
+])
+def test_pytest_rejects_a_serving_selection_that_serves_nothing_it_names_as_a_usage_error(tmp_path, options, message):
+    """A typo in --serving must stop the run (exit 4) before anything is built, not skip every scenario."""
+    result = run_pytest(*options, cache=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert message in output and "Traceback" not in output
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_pytest_rejects_a_gpu_profile_on_a_cpu_machine_as_a_usage_error(tmp_path):
     result = run_pytest("--profile", "h100", cache=tmp_path)
