@@ -75,7 +75,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--no-serving", action="store_true",
         help="skip the serving scenarios of compiled hot-swap recipes (LoRA scale per request, resolutions, "
-        "batches, resident adapters, two adapters at once: perf/run/serving.py).",
+        "batches, resident adapters, two adapters at once: perf/run/serving/).",
     )
     group.addoption(
         "--serving", default=None, metavar="NAME,NAME",

@@ -1,4 +1,4 @@
-"""A LoRA server's day on the compiled hot-swap rows (``perf/run/serving.py``): a LoRA scale per request,
+"""A LoRA server's day on the compiled hot-swap rows (``perf/run/serving/``): a LoRA scale per request,
 resolutions and aspect ratios, batches of 1/2/4, eight adapters resident in RAM (hot-swapped from memory, or
 loaded under their own names and switched), two adapters at once with weights. Once every kind of request
 was served once, serving them again compiles nothing; the graphs the first requests compile are the count the

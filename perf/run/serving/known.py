@@ -1,0 +1,99 @@
+"""What the current stack is documented to do in each serving scenario, measured: the graphs a scenario's first
+requests compile and why (``KNOWN_RECOMPILES``), the failures it ends with on recipes of one kind
+(``KNOWN_FAILURES``), and the finding a result carries, with the versions. Kept apart from the scenarios so the
+list of what the libraries cannot do reads in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from perf.judge.baseline_files import library_versions
+from perf.spec.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class Known:
+    """Graphs a scenario's first requests compile on the current stack, and why: a finding, not a pass."""
+
+    count: int
+    why: str
+
+
+KNOWN_RECOMPILES = {
+    "scale": Known(3, "diffusers applies joint_attention_kwargs['scale'] inside the compiled transformer "
+                   "(apply_lora_scale -> scale_lora_layers, which returns early at 1.0): the first scale other than "
+                   "1.0 compiles a graph specialized on its value, the second makes the float dynamic (automatic "
+                   "dynamic), and an explicit 1.0 fails the dynamic graph's `scale == 1.0` guard; any scale after "
+                   "that reuses the dynamic graph"),
+    "resolutions": Known(1, "the first new shape recompiles the transformer with its sequence length dynamic "
+                         "(torch.compile's default automatic dynamic shapes); every other shape reuses that graph"),
+    "batches": Known(1, "the first batch above 1 recompiles with the batch dimension dynamic (automatic dynamic); "
+                     "larger batches reuse that graph"),
+    "resident": Known(0, ""),
+    "two": Known(1, "the second slot loaded into the compiled transformer and both made active: the first request "
+                 "compiles a graph with both; weights written in place and hot-swaps of either slot reuse it"),
+    "resolutions_static": Known(3, "static shapes (dynamic=False) compile one graph per sequence length by design, "
+                                "the default shape's too (the mode starts from torch.compiler.reset()); portrait and "
+                                "landscape share one: the transformer sees packed latents, the same number of tokens"),
+    "resolutions_dynamic": Known(1, "dynamic=True compiles one graph with symbolic sizes from the first shape on "
+                                 "(the mode starts from torch.compiler.reset()); every other shape reuses it"),
+    "named": Known(1, "per named adapter switched to for the first time: set_adapters makes that adapter's LoRA "
+                   "modules the active ones (other parameters, their requires_grad turned on), which fails the "
+                   "compiled graph's guards; a switch back to an adapter already switched to reuses its graph"),
+}
+
+
+def finding(scenario: str, measured: int, expected: int, detail: str | None = None, decoder: int = 0) -> str | None:
+    """What the libraries could not serve without compiling after the first request (``measured``: the
+    transformer's graphs; ``decoder``: the compiled VAE decoder's, said apart; ``detail``: what else the scenario
+    measured of it), with the versions."""
+    if measured == 0 and decoder == 0 and detail is None:
+        return None
+    stack = stack_versions()
+    why = KNOWN_RECOMPILES[scenario].why
+    parts = [f"{measured} graph(s) compiled by the first requests: "
+             f"{why if measured == expected else f'not the documented count ({expected}: {why})'}"] if measured else []
+    if decoder:
+        parts.append(f"the compiled VAE decoder compiled {decoder} graph(s) more for the new image shapes (not the "
+                     "LoRA'd transformer's, so not in the documented count; none once warm)")
+    return f"{scenario}: {'; '.join([*parts, *([detail] if detail else [])])} [{stack}]"
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """A scenario the libraries cannot serve on recipes of one kind, measured: the error it ends with, and why."""
+
+    applies: Callable[[Recipe], bool]
+    error: str  # part of the error's first line
+    why: str
+
+
+KNOWN_FAILURES = {
+    "scale": KnownFailure(
+        lambda recipe: recipe.cudagraphs, "accessing tensor output of CUDAGraphs that has been overwritten",
+        "diffusers' apply_lora_scale multiplies the hot-swap slot's scaling tensors in place before the transformer "
+        "and assigns each a new tensor (scaling / scale, peft's unscale_layer) after it, inside the compiled "
+        "transformer: under CUDA graphs (compile mode reduce-overhead) that new tensor is a graph output, overwritten "
+        "by the next replay, so the next request reads a dead tensor (measured on optimized_fast_cudagraphs, H200, "
+        "2026-11-30: the second scale's request fails; hot-swaps then fail on the same tensors)"),
+}
+"""Scenario -> the failure it ends with on the recipes ``applies`` picks: the record's finding explains it, and the
+tests treat it as a strict expected failure (a stack that serves the scenario fails them until this is updated)."""
+
+
+def known_failure(scenario: str, recipe: Recipe, failure: str | None) -> KnownFailure | None:
+    """The documented failure ``scenario`` has on ``recipe``'s kind, when ``failure`` is it (None otherwise)."""
+    known = expects_failure(scenario, recipe)
+    return known if known is not None and failure is not None and known.error in failure else None
+
+
+def expects_failure(scenario: str, recipe: Recipe) -> KnownFailure | None:
+    """The failure documented for ``scenario`` on ``recipe``'s kind, whether or not this run saw it."""
+    known = KNOWN_FAILURES.get(scenario)
+    return known if known is not None and known.applies(recipe) else None
+
+
+def stack_versions() -> str:
+    versions = library_versions()
+    return ", ".join(f"{name} {versions.get(name)}" for name in ("torch", "diffusers", "peft", "torchao"))

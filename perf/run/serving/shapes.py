@@ -1,0 +1,60 @@
+"""Resolutions and aspect ratios: as built (automatic dynamic shapes), and in the static and ``dynamic=True`` modes,
+each its own scenario."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from perf.build.builder import BuiltPipeline
+from perf.judge.serving_record import (
+    ServingResult,
+)
+from perf.run.serving.requests import (
+    leaves_pipeline_as_built,
+    scenario_result,
+    serve_all,
+)
+
+# (height, width): the full-size shapes, and the tiny model's at 1/16 of the side (multiples of 16, the VAE's 8
+# times the transformer's 2x2 patches; 84 is not, so the tiny portrait/landscape are 48x80 and 80x48)
+SHAPES = {
+    "full": ((1024, 1024), (768, 1344), (1344, 768), (512, 512)),
+    "tiny": ((64, 64), (48, 80), (80, 48), (32, 32)),
+}
+# Scenario -> the dynamo settings torch.compile(dynamic=False) (static shapes) and dynamic=True give the frames it
+# compiles; after torch.compiler.reset() the case's compiled transformer recompiles under them
+# (torch/_dynamo/eval_frame.py, ``_TorchDynamoContext``)
+SHAPE_MODES = {
+    "resolutions_static": {"automatic_dynamic_shapes": False, "assume_static_by_default": True},
+    "resolutions_dynamic": {"automatic_dynamic_shapes": True, "assume_static_by_default": False},
+}
+
+
+def _shapes(built: BuiltPipeline) -> dict[str, dict]:
+    return {f"{h}x{w}": {"height": h, "width": w} for h, w in SHAPES[built.spec.source.size]}
+
+
+def run_resolutions(built: BuiltPipeline, **_) -> ServingResult:
+    """The recipe's pipeline at each shape, as built (torch.compile's default automatic dynamic shapes): the first
+    image's cost and graphs compiled per new shape, steady latency per shape, none compiled once all are warm."""
+    with leaves_pipeline_as_built(built):
+        requests = serve_all(built, _shapes(built))
+    return scenario_result("resolutions", requests)
+
+
+def shape_mode(scenario: str) -> Callable[..., ServingResult]:
+    """The scenario serving every shape under ``SHAPE_MODES[scenario]``, its graphs compiled from scratch
+    (``torch.compiler.reset``). Each mode is its own scenario: on the H200 the static one compiles three full-graph
+    transformers (minutes each), so a run cut off at a machine's time limit keeps the modes it finished, and no one
+    scenario outgrows the time a machine is held. On the CPU both take about 37 s for the tiny model."""
+
+    def run(built: BuiltPipeline, **_) -> ServingResult:
+        with leaves_pipeline_as_built(built):
+            torch.compiler.reset()
+            with torch._dynamo.config.patch(**SHAPE_MODES[scenario]):
+                requests = serve_all(built, _shapes(built))
+        return scenario_result(scenario, requests)
+
+    return run
