@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import combinations
 
+from perf.gate.sides import Gate, SideRun, judge, run_side, slowed
 from perf.gate.stacks import Stack, safe_name
 from perf.judge.compare import Verdict, format_table
 
@@ -20,11 +21,9 @@ def reproduces(found: Sequence[Verdict], regressed: set[tuple[str, str]]) -> lis
     return [v for v in found if v.verdict == "regressed" and (v.recipe, v.metric) in regressed]
 
 
-def bisect(gate, known_good_run, known_good: Stack, candidate: Stack, moved: list[str],
+def bisect(gate: Gate, known_good_run: SideRun, known_good: Stack, candidate: Stack, moved: list[str],
            verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
     """Name the package (or pair) whose move alone reproduces the regression; print the rows that show it."""
-    from perf.gate.upgrade import judge, run_side, slowed
-
     regressed = {(v.recipe, v.metric) for v in verdicts if v.verdict == "regressed"}
     recipes = ",".join(sorted({recipe for recipe, _ in regressed}))
     if len(moved) == 1:
