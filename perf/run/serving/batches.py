@@ -39,17 +39,17 @@ def run_batches(built: BuiltPipeline, **_) -> ServingResult:
 def largest_batch(built: BuiltPipeline, budget_gib: float) -> BatchFit:
     """The largest of ``FIT_BATCHES`` served within ``budget_gib`` (an out-of-memory, or a peak over it, ends
     the search), with the peak of each batch tried."""
-    peaks, fits = {}, None
+    device, peaks, fits = built.device_type, {}, None
     for batch in FIT_BATCHES:
-        reset_peak("cuda")
+        reset_peak(device)
         try:
             built.serve(num_images_per_prompt=batch)
         except torch.OutOfMemoryError:
             peaks[str(batch)] = "out of memory"
             break
         finally:
-            free_memory("cuda")
-        peak = read_peak("cuda")
+            free_memory(device)
+        peak = read_peak(device)
         peaks[str(batch)] = max(peak.allocated_gib or 0.0, peak.reserved_gib)
         if peaks[str(batch)] > budget_gib:
             break
