@@ -42,7 +42,7 @@ from perf.run.cold_start import ColdStart, measure_cold_start
 from perf.run.measure import assert_no_leak
 from perf.run.quality import QualityResult, load_clip_scorer
 from perf.run.recording import identity
-from perf.run.serving import SCENARIOS
+from perf.run.serving import KEEPS_RESIDENT, SCENARIOS
 from perf.run.stack_check import LIBRARIES, check_imports, check_stack, write_check
 from perf.spec.cache import cache_dir, clear_cache
 from perf.spec.loras import LoraAdapter, LoraPool, synthetic_pool
@@ -325,7 +325,8 @@ class PerfSession:
         it is done: on a GPU each scenario compiles graphs for minutes, and a job cut off at its time limit keeps
         every scenario it finished."""
         fresh = scenario not in case.serving_results
-        result = case.serving(scenario, self.resident_adapters(), self.progress)
+        resident = self.resident_adapters() if scenario in KEEPS_RESIDENT else []
+        result = case.serving(scenario, resident, self.progress)
         if fresh:
             case.save(self.results_dir, None, overwrite_foreign=True)
         return result

@@ -1,5 +1,6 @@
 """``--serving NAME,NAME`` serves only those scenarios, so GPU jobs can split them (each compiles for minutes there):
-the others' tests skip saying so, and the record holds only what was served."""
+the others' tests skip saying so, the record holds only what was served, and nothing is made for the scenarios
+left out."""
 
 import json
 
@@ -18,3 +19,4 @@ def test_only_the_scenarios_named_are_served_and_the_others_skip_saying_why(tmp_
         assert f"--serving batches leaves {scenario} out" in output
     record = json.loads((results / "cpu" / "no_fa3_fp8.json").read_text())
     assert list(record["serving"]) == ["batches"]
+    assert not list((tmp_path / "cache" / "loras").glob("churn-*"))  # made only for the scenarios keeping them

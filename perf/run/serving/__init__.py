@@ -42,8 +42,8 @@ from perf.run.serving.scale import SCALE_DEFECT, run_scale
 from perf.run.serving.shapes import SHAPE_MODES, run_resolutions, shape_mode
 from perf.run.serving.two import run_two
 
-__all__ = ["KNOWN_FAILURES", "KNOWN_RECOMPILES", "SCALE_DEFECT", "SCENARIOS", "AsBuilt", "expects_failure",
-           "known_failure", "noise_floor", "not_run", "recover", "run_batches", "serve_scenario"]
+__all__ = ["KEEPS_RESIDENT", "KNOWN_FAILURES", "KNOWN_RECOMPILES", "SCALE_DEFECT", "SCENARIOS", "AsBuilt",
+           "expects_failure", "known_failure", "noise_floor", "not_run", "recover", "run_batches", "serve_scenario"]
 
 
 def serve_scenario(scenario: str, built: BuiltPipeline, progress: Callable[[str], None] = print,
@@ -63,6 +63,10 @@ def serve_scenario(scenario: str, built: BuiltPipeline, progress: Callable[[str]
         return ServingResult(scenario, (), failure=error,
                              finding=f"{scenario}: failed with {error}{because} [{stack_versions()}]")
 
+
+KEEPS_RESIDENT = frozenset({"resident", "named"})
+"""The scenarios that take the resident adapters (``serve_scenario``'s ``resident``): only for them are the churn
+pool's adapters made, a minute of CPU at full size that a run of the other scenarios does not wait for."""
 
 SCENARIOS: dict[str, Callable[..., ServingResult]] = {
     "scale": run_scale, "batches": run_batches, "resident": run_resident, "two": run_two, "named": run_named,
