@@ -64,7 +64,8 @@ def test_served_adapter_acts_as_in_a_fresh_pipeline(case, suite, scenario):
 @pytest.mark.parametrize("scenario", CHECKED)
 def test_serving_swap_check_catches_injected_defects(case, suite, scenario):
     """Negative controls: a scale ignored or ``SCALE_DEFECT`` (5%) off, a swap from memory, a set_adapters switch
-    or a slot's swap not made, a slot's weight not applied: each must fail the check."""
+    or a slot's swap not made, a named adapter's weights 5% strong, a slot's weight not applied: each must fail the
+    check."""
     result = served(case, suite, scenario)
     missed = {defect: error for defect, error in result.controls.items() if error <= result.tolerance}
     assert result.controls and not missed, f"defects that pass the check: {missed}"

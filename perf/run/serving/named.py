@@ -29,11 +29,15 @@ from perf.run.serving.requests import (
     scenario_result,
 )
 from perf.run.serving.resident import resident_set
+from perf.run.serving.scale import SCALE_DEFECT
 from perf.run.swap_probe import (
-    SameNumerics,
     StepInputs,
     StepReference,
+    lora_modules,
+    restore,
     same_numerics_reference,
+    scale_all,
+    snapshot,
     step_output,
 )
 from perf.run.watchers import RecompileWatcher, graphs_held
@@ -69,8 +73,7 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
     limit, limit_shown = torch._dynamo.config.recompile_limit, None
     with leaves_pipeline_as_built(built):
         with RecompileWatcher() as probing:  # loading named adapters changes what the slot's graph guards on
-            same = same_numerics_reference(built, reference)
-            floor = noise_floor(built, reference, same)
+            floor = noise_floor(built, reference)
         try:
             cache = [CachedLora.read(a) for a in resident]
             with RecompileWatcher() as loading:
@@ -90,8 +93,7 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
             if failure is None and count < len(resident):
                 unseen = next(i for i in range(len(resident)) if i not in switched)
                 limit_shown = _fail_at_limit(built, switch(unseen), reference.inputs)
-            errors, controls, checking = _named_swap_check(built, same, reference.inputs, switch(index[target.name]),
-                                                           switch(0))
+            errors, controls, checking = _named_swap_check(built, reference, switch(index[target.name]), switch(0))
         finally:
             pipe.delete_adapters([n for n in names if n in getattr(transformer, "peft_config", {})])
             activate(transformer, HOTSWAP_ADAPTER)
@@ -122,17 +124,27 @@ def _fail_at_limit(built: BuiltPipeline, switch: Switch, probe: StepInputs) -> L
     return LimitHit(switch[0], held, None, held)
 
 
-def _named_swap_check(built: BuiltPipeline, same: SameNumerics, probe: StepInputs, target: Switch, other: Switch
+def _named_swap_check(built: BuiltPipeline, reference: StepReference, target: Switch, other: Switch
                       ) -> tuple[dict, dict, int]:
-    """The swap check on ``set_adapters`` to the reference's adapter, against ``same`` (taken in the hot-swap slot's
-    graph before the named adapters were loaded), and its control: ``other`` left active (the switch not made).
-    Both were switched to before, so nothing compiles."""
+    """The swap check on ``set_adapters`` to the reference's adapter, against the same numerics taken in the graph
+    that switch compiled (the target's own LoRA layers fed the fresh pipeline's state), and its control: ``other``
+    left active (the switch not made). Each named adapter has a graph of its own, with kernels of its own, so the
+    hot-swap slot's reference would measure two graphs' FP8 roundings rather than the switch: on the H200 that read
+    0.0323 for a correct switch, 1.42x the floor (``optimized_fullgraph_defaults``, 2026-11-30). Both adapters
+    were switched to before, so nothing compiles. Second control: the target's weights ``SCALE_DEFECT`` strong
+    (written in place, as a load at the wrong strength would leave them)."""
+    name, modules = target[0], lora_modules(built.pipe.transformer, target[0])
     with RecompileWatcher() as probing:
         target[1]()
-        errors = {f"set_adapters to {target[0]}": same.error(step_output(built.pipe, probe))}
+        same = same_numerics_reference(built, reference, adapter=name)
+        errors = {f"set_adapters to {name}": same.error(step_output(built.pipe, reference.inputs))}
+        own = snapshot(modules, name)
+        scale_all(modules, name, own, 1 + SCALE_DEFECT)
+        controls = {f"{name} loaded {SCALE_DEFECT:.0%} strong": same.error(step_output(built.pipe, reference.inputs))}
+        restore(modules, name, own)
         other[1]()
-        controls = {f"{other[0]} left active, set_adapters to {target[0]} not made": same.error(
-            step_output(built.pipe, probe))}
+        controls[f"{other[0]} left active, set_adapters to {name} not made"] = same.error(
+            step_output(built.pipe, reference.inputs))
     return errors, controls, probing.count
 
 
