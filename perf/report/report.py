@@ -206,7 +206,7 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
     (``newest_serving``: the newest record holding it, named in the last column), then the findings (what the
     libraries could not serve without compiling or failing), from the stored records alone; where they hold
     none, a line that says so and how to record them. Seconds are a generation's, or a switch's for the resident
-    adapters' rows."""
+    adapters' rows (a named adapter's row says what its first step took: the switch's compile happens there)."""
     rows, findings = [], []
     for (recipe, name), (record, result) in newest_serving(records).items():
         worst = result.worst_error
@@ -215,7 +215,7 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
         if result.failure:
             rows.append((recipe, name, f"failed: {result.failure[:80]}", *["-"] * 7, source))
         for i, request in enumerate(result.requests):
-            rows.append((recipe, name, request.label, f"{request.first_seconds:.3f}",
+            rows.append((recipe, name, _label(result, i), f"{request.first_seconds:.3f}",
                          _graphs(request), f"{request.steady_seconds:.3f}",
                          str(request.steady_recompiles), _value(request.images_per_minute, ".1f"),
                          _value(request.peak_gib, ".1f"), check if i == 0 else "", source if i == 0 else ""))
@@ -225,6 +225,15 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
         return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
                 f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
     return "\n".join([markdown_table(SERVING_HEADER, rows), *(["", *findings] if findings else [])])
+
+
+def _label(result: ServingResult, i: int) -> str:
+    """Request ``i``'s label; for a switch to a named adapter, with the first step after it (compiling included),
+    which a switch's own seconds leave out."""
+    label, named = result.requests[i].label, result.named
+    if named is None or i >= len(named.switched) or named.switched[i] not in named.first_step_seconds:
+        return label
+    return f"{label}, first step {named.first_step_seconds[named.switched[i]]:.1f} s"
 
 
 def _graphs(request: Request) -> str:

@@ -14,6 +14,7 @@ from perf.judge.serving_record import (
     BareStateDict,
     BatchFigures,
     BatchFit,
+    NamedFigures,
     Request,
     ResidentFigures,
     ServingResult,
@@ -119,3 +120,16 @@ def test_a_scenario_that_failed_is_a_row_and_a_finding():
     table = serving_table([example_record("optimized", serving={"two": failed})], "h200")
     assert "| optimized | two | failed: RuntimeError: boom | - | - | - | - | - | - | - | 2026-11-24 0997180 |" in table
     assert table.endswith("- optimized: two: failed with RuntimeError: boom [torch 2.11.0]")
+
+
+def test_a_named_switch_row_says_what_its_first_step_took():
+    """A switch to a named adapter takes milliseconds; the graph it makes the transformer compile is paid in the
+    step after it, which the row names (a switch never made a first step of: the label alone)."""
+    named = NamedFigures(("resident_0", "resident_1"), ("resident_0", "resident_1"), 8, 65.0, 0, 180.0, 1, (1,),
+                         {"resident_0": 163.6}, stopped_after=1)
+    result = ServingResult("named", (Request("set_adapters resident_0 (peft_all)", 0.04, 1, 0.05, 0, images=0),
+                                     Request("set_adapters resident_1 (kohya)", 0.04, 0, 0.05, 0, images=0)),
+                           expected_recompiles=1, named=named)
+    table = serving_table([example_record("optimized", serving={"named": result})], "h200")
+    assert "| set_adapters resident_0 (peft_all), first step 163.6 s | 0.040 | 1 |" in table
+    assert "| set_adapters resident_1 (kohya) | 0.040 | 0 |" in table
