@@ -19,7 +19,6 @@ from perf.judge.tolerances import FLOOR_PERTURBATION
 from perf.run.measure import free_memory, read_peak, reset_peak, timed
 from perf.run.serving.known import KNOWN_RECOMPILES, finding
 from perf.run.swap_probe import (
-    SameNumerics,
     StepInputs,
     StepReference,
     same_numerics_reference,
@@ -92,12 +91,11 @@ def adapter_named(built: BuiltPipeline, name: str) -> LoraAdapter:
     return next(a for a in built.spec.pool.adapters if a.name == name)
 
 
-def noise_floor(built: BuiltPipeline, reference: StepReference, same: SameNumerics | None = None) -> float:
-    """The serving checks' A/A control: the reference's state against itself (``same``, where the scenario took it
-    already) with every scaling off by ``FLOOR_PERTURBATION`` (no recompile: written in place). About that much on
-    the CPU; on FP8 rows the roundings it flips read as the floor every request that does not write the fresh
-    pipeline's bits stands on."""
-    same = same or same_numerics_reference(built, reference)
+def noise_floor(built: BuiltPipeline, reference: StepReference) -> float:
+    """The serving checks' A/A control: the reference's state against itself with every scaling off by
+    ``FLOOR_PERTURBATION`` (no recompile: written in place). About that much on the CPU; on FP8 rows the roundings
+    it flips read as the floor every request that does not write the fresh pipeline's bits stands on."""
+    same = same_numerics_reference(built, reference)
     return same.error(same_numerics_reference(built, reference, 1 + FLOOR_PERTURBATION).output)
 
 
