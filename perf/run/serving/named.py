@@ -3,8 +3,9 @@ dynamo's recompile limit stops a compiled transformer."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -39,6 +40,7 @@ from perf.run.swap_probe import (
     scale_all,
     snapshot,
     step_output,
+    zero_effect,
 )
 from perf.run.watchers import RecompileWatcher, graphs_held
 from perf.spec.loras import LoraAdapter
@@ -93,7 +95,7 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
             if failure is None and count < len(resident):
                 unseen = next(i for i in range(len(resident)) if i not in switched)
                 limit_shown = _fail_at_limit(built, switch(unseen), reference.inputs)
-            errors, controls, checking = _named_swap_check(built, reference, switch(index[target.name]), switch(0))
+            errors, controls, checking = named_swap_check(built, reference, switch(index[target.name]), switch(0))
         finally:
             pipe.delete_adapters([n for n in names if n in getattr(transformer, "peft_config", {})])
             activate(transformer, HOTSWAP_ADAPTER)
@@ -124,19 +126,23 @@ def _fail_at_limit(built: BuiltPipeline, switch: Switch, probe: StepInputs) -> L
     return LimitHit(switch[0], held, None, held)
 
 
-def _named_swap_check(built: BuiltPipeline, reference: StepReference, target: Switch, other: Switch
-                      ) -> tuple[dict, dict, int]:
+def named_swap_check(built: BuiltPipeline, reference: StepReference, target: Switch, other: Switch
+                     ) -> tuple[dict, dict, int]:
     """The swap check on ``set_adapters`` to the reference's adapter, against the same numerics taken in the graph
-    that switch compiled (the target's own LoRA layers fed the fresh pipeline's state), and its control: ``other``
-    left active (the switch not made). Each named adapter has a graph of its own, with kernels of its own, so the
-    hot-swap slot's reference would measure two graphs' FP8 roundings rather than the switch: on the H200 that read
-    0.0323 for a correct switch, 1.42x the floor (``optimized_fullgraph_defaults``, 2026-11-30). Both adapters
-    were switched to before, so nothing compiles. Second control: the target's weights ``SCALE_DEFECT`` strong
-    (written in place, as a load at the wrong strength would leave them)."""
-    name, modules = target[0], lora_modules(built.pipe.transformer, target[0])
+    that switch compiled: the target's own LoRA layers fed the fresh pipeline's state, every other adapter the
+    transformer holds (the hot-swap slot, the other named ones) at no effect, so the reference is the target
+    acting alone and a switch that left another adapter acting beside it fails. Each named adapter has a graph of
+    its own, with kernels of its own, so the hot-swap slot's graph as reference would measure two graphs' FP8
+    roundings rather than the switch: on the H200 that read 0.0323 for a correct switch, 1.42x the floor
+    (``optimized_fullgraph_defaults``, 2026-11-30). Controls: the target's weights ``SCALE_DEFECT`` strong (written
+    in place, as a load at the wrong strength would leave them), and ``other`` left active (the switch not made).
+    Both were switched to before, so nothing compiles."""
+    transformer, name = built.pipe.transformer, target[0]
+    modules = lora_modules(transformer, name)
     with RecompileWatcher() as probing:
         target[1]()
-        same = same_numerics_reference(built, reference, adapter=name)
+        with _alone(transformer, name):
+            same = same_numerics_reference(built, reference, adapter=name)
         errors = {f"set_adapters to {name}": same.error(step_output(built.pipe, reference.inputs))}
         own = snapshot(modules, name)
         scale_all(modules, name, own, 1 + SCALE_DEFECT)
@@ -146,6 +152,22 @@ def _named_swap_check(built: BuiltPipeline, reference: StepReference, target: Sw
         controls[f"{other[0]} left active, set_adapters to {name} not made"] = same.error(
             step_output(built.pipe, reference.inputs))
     return errors, controls, probing.count
+
+
+@contextlib.contextmanager
+def _alone(transformer: torch.nn.Module, adapter: str) -> Iterator[None]:
+    """Every adapter of ``transformer`` but ``adapter`` at no effect (written in place: an inactive adapter's
+    tensors are not in the active graph, so nothing compiles), and put back on the way out. Kept on the CPU
+    meanwhile: the slot and seven named adapters are about 1.9 GB at full size, beyond a consumer card's margin."""
+    others = {n: lora_modules(transformer, n) for n in transformer.peft_config if n != adapter}
+    kept = {n: snapshot(modules, n, "cpu") for n, modules in others.items()}
+    try:
+        for n, modules in others.items():
+            zero_effect(modules, n)
+        yield
+    finally:
+        for n, modules in others.items():
+            restore(modules, n, kept[n])
 
 
 def _named_finding(figures: NamedFigures) -> str | None:
