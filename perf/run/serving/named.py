@@ -56,11 +56,11 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
               **_) -> ServingResult:
     """The eight resident adapters loaded under their own names and switched with ``set_adapters``: each switch's
     time and graphs compiled, then a switch back to each (steady), the swap check on the reference's adapter
-    (control: the first adapter left active instead). Where switching compiles, dynamo's ``recompile_limit`` (read
-    at run time) bounds the adapters one compiled transformer can switch between; under ``fullgraph=True`` the
-    switch past it fails. The first ``NAMED_SWITCHES`` are switched to on every device (each compiles, the count
-    per switch is the figure), and the failure at the limit is shown by setting the limit to the graphs the
-    transformer holds and switching once more."""
+    (``named_swap_check``: its controls, that adapter 5% strong and the first adapter left active instead). Where
+    switching compiles, dynamo's ``recompile_limit`` (read at run time) bounds the adapters one compiled transformer
+    can switch between; under ``fullgraph=True`` the switch past it fails. The first ``NAMED_SWITCHES`` are
+    switched to on every device (each compiles, the count per switch is the figure), and the failure at the limit
+    is shown by setting the limit to the graphs the transformer holds and switching once more."""
     pipe, transformer = built.pipe, built.pipe.transformer
     resident = resident_set(resident)
     names = [f"resident_{i}" for i in range(len(resident))]  # a user's small pool repeats adapters: one name each
