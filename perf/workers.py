@@ -54,9 +54,15 @@ def pin_worker_gpu() -> str | None:
 
 
 def case_scope(nodeid: str, case_ids: set[str]) -> str | None:
-    """The (profile, recipe) case a test id belongs to (its ``[profile-recipe]`` parameter), or None."""
+    """The (profile, recipe) case a test id belongs to, or None: its parameters are ``[profile-recipe]``, or start
+    with it when the test has more (``[h200-optimized-scale]``: a serving scenario). The longest case id that
+    matches wins, so ``h200-optimized_fast-scale`` is not ``h200-optimized``'s."""
     match = re.search(r"\[([^\[\]]+)\]$", nodeid)
-    return match.group(1) if match and match.group(1) in case_ids else None
+    if not match:
+        return None
+    params = match.group(1)
+    owners = [case for case in case_ids if params == case or params.startswith(f"{case}-")]
+    return max(owners, key=len, default=None)
 
 
 def recipe_scheduler(config: pytest.Config, log, case_ids: set[str]):

@@ -13,6 +13,13 @@ from perf.run.serving import SCALE_DEFECT, SCENARIOS, expects_failure, known_fai
 CHECKED = ("scale", "resident", "named", "two")  # where an adapter or its weight changes: the swap check
 
 
+def each(*scenarios: str) -> pytest.MarkDecorator:
+    """Parametrized by scenario at module scope, so pytest runs every test of a scenario together, right after it
+    is served: a GPU run cut off by its time limit has judged every scenario it served (function scope ran each
+    test over all scenarios first, and left the later tests of every scenario unrun)."""
+    return pytest.mark.parametrize("scenario", scenarios, scope="module")
+
+
 def library_finding(reason: str) -> pytest.MarkDecorator:
     """What the libraries cannot serve, measured: strict, so a stack that fixes it fails the test until the finding
     is updated; only a failed assertion is the expected failure (a crash still fails)."""
@@ -39,13 +46,13 @@ def served(case, suite, scenario):
     return result
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@each(*SCENARIOS)
 def test_serving_compiles_nothing_once_every_request_is_warm(case, suite, scenario):
     result = served(case, suite, scenario)
     assert result.steady_recompiles == 0, f"{scenario}: recompiled once warm: {result.requests}"
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@each(*SCENARIOS)
 def test_first_requests_compile_the_documented_count(case, suite, scenario):
     """The transformer's graphs: 0 where the stack serves the scenario without compiling; otherwise the count and
     reason the library documents (``KNOWN_RECOMPILES``), so a change either way is seen. A compiled VAE decoder's
@@ -54,14 +61,14 @@ def test_first_requests_compile_the_documented_count(case, suite, scenario):
     assert result.transformer_recompiles == result.expected_recompiles, result.finding
 
 
-@pytest.mark.parametrize("scenario", CHECKED)
+@each(*CHECKED)
 def test_served_adapter_acts_as_in_a_fresh_pipeline(case, suite, scenario):
     result = served(case, suite, scenario)
     wrong = {check: error for check, error in result.errors.items() if error > result.tolerance}
     assert not wrong, f"{scenario}: beyond the tolerance {result.tolerance:.2%} of the adapter's effect: {wrong}"
 
 
-@pytest.mark.parametrize("scenario", CHECKED)
+@each(*CHECKED)
 def test_serving_swap_check_catches_injected_defects(case, suite, scenario):
     """Negative controls: a scale ignored or ``SCALE_DEFECT`` (5%) off, a swap from memory, a set_adapters switch
     or a slot's swap not made, a named adapter's weights 5% strong, a slot's weight not applied: each must fail the
@@ -72,21 +79,24 @@ def test_serving_swap_check_catches_injected_defects(case, suite, scenario):
     assert result.probe_recompiles == 0, f"probing compiled {result.probe_recompiles} graphs"
 
 
-def test_scale_check_catches_the_calibrated_scale_error_at_every_scale(case, suite):
+@each("scale")
+def test_scale_check_catches_the_calibrated_scale_error_at_every_scale(case, suite, scenario):
     """The scale check's calibration, measured again each run: a scale served ``SCALE_DEFECT`` off must read above
     the tolerance at every scale (1% off reads 0.0045 at 1.2 on the CPU: recorded, not gated)."""
-    figures = served(case, suite, "scale").scale
+    figures = served(case, suite, scenario).scale
     assert figures.smallest_defect_caught is not None, figures.sensitivity
     assert figures.smallest_defect_caught <= SCALE_DEFECT, figures.sensitivity
 
 
-def test_a_scale_never_requested_before_compiles_nothing(case, suite):
-    figures = served(case, suite, "scale").scale
+@each("scale")
+def test_a_scale_never_requested_before_compiles_nothing(case, suite, scenario):
+    figures = served(case, suite, scenario).scale
     assert figures.unseen_recompiles == 0, f"scale {figures.unseen_scale} compiled {figures.unseen_recompiles} graph(s)"
 
 
-def test_batches_fit_the_memory_budget(case, suite):
-    result = served(case, suite, "batches")
+@each("batches")
+def test_batches_fit_the_memory_budget(case, suite, scenario):
+    result = served(case, suite, scenario)
     profile = case.built.spec.active.profile
     if profile.memory_budget_gib is None or case.built.device_type != "cuda":
         pytest.skip(f"profile {profile.name} has no GPU memory budget (peaks recorded, not gated)")
@@ -97,10 +107,11 @@ def test_batches_fit_the_memory_budget(case, suite):
     )
 
 
-def test_largest_batch_that_fits_is_recorded(case, suite):
+@each("batches")
+def test_largest_batch_that_fits_is_recorded(case, suite, scenario):
     """On a consumer card's GPU profile (the RTX 4090, emulated under its memory cap on a bigger GPU): batches are
     tried up to the first that fails; at least one image must fit."""
-    fit = served(case, suite, "batches").batches.largest_batch_that_fits
+    fit = served(case, suite, scenario).batches.largest_batch_that_fits
     if fit is None:
         pytest.skip("searched on a consumer card's GPU profile only (-m rtx4090 --profile rtx4090)")
     assert fit.batch is not None, f"not even one image fits: {fit.peaks_gib}"
@@ -111,8 +122,9 @@ def test_largest_batch_that_fits_is_recorded(case, suite):
     "set_adapters switch to a named adapter not switched to before compiles a graph, so dynamo's recompile_limit "
     "(8) bounds the adapters one compiled transformer serves, and under fullgraph=True the switch past it fails "
     "(FailOnRecompileLimitHit; shown with the limit set to the graphs held)")
-def test_named_adapters_switch_without_compiling_or_failing(case, suite):
-    result = served(case, suite, "named")
+@each("named")
+def test_named_adapters_switch_without_compiling_or_failing(case, suite, scenario):
+    result = served(case, suite, scenario)
     figures = result.named
     at_limit = figures.limit_shown.error if figures.limit_shown else None
     assert not any(figures.recompiles_per_switch) and figures.failure is None and at_limit is None, result.finding
@@ -125,8 +137,9 @@ def test_named_adapters_switch_without_compiling_or_failing(case, suite):
     "alpha_pattern) and diffusers then deletes the live slot; one of one rank would be served without its alphas. "
     "Kept with its metadata and alphas and loaded through the transformer's load_lora_adapter it is right "
     "(test_served_adapter_acts_as_in_a_fresh_pipeline[resident])")
-def test_a_cached_state_dict_through_load_lora_weights_serves_the_adapter(case, suite):
-    result = served(case, suite, "resident")
+@each("resident")
+def test_a_cached_state_dict_through_load_lora_weights_serves_the_adapter(case, suite, scenario):
+    result = served(case, suite, scenario)
     bare = result.resident.bare_state_dict
     if bare.refused is None and not bare.alpha_outside_the_weights:
         pytest.skip("nothing refused, and the reference adapter's alphas are in its weights: nothing a dict loses")
@@ -134,19 +147,21 @@ def test_a_cached_state_dict_through_load_lora_weights_serves_the_adapter(case, 
     assert bare.error <= result.tolerance, f"the bare state dicts serve B off by {bare.error:.4f}"
 
 
-def test_resident_adapters_are_the_ones_peft_hot_swaps(case, suite):
+@each("resident")
+def test_resident_adapters_are_the_ones_peft_hot_swaps(case, suite, scenario):
     """Eight adapters kept in RAM, every one hot-swapped from memory; one peft refuses is left out and named (with
     its reason) in the record's finding, never dropped silently."""
-    result = served(case, suite, "resident")
+    result = served(case, suite, scenario)
     figures = result.resident
     assert len(figures.adapters) == 8
     assert not figures.refused or all(name in result.finding for name in figures.refused), result.finding
 
 
-def test_weight_changes_through_set_adapters_compile_nothing_after_the_first(case, suite):
+@each("two")
+def test_weight_changes_through_set_adapters_compile_nothing_after_the_first(case, suite, scenario):
     """The first ``set_adapters(slots, weights)`` compiles (its floats replace the scaling tensors: in the finding);
     a later weight change must not."""
-    changes = served(case, suite, "two").two.set_adapters.per_weight_change
+    changes = served(case, suite, scenario).two.set_adapters.per_weight_change
     assert not any(change.recompiles for change in changes[1:]), changes
 
 
@@ -156,8 +171,9 @@ def test_weight_changes_through_set_adapters_compile_nothing_after_the_first(cas
     "new adapter's scaling but not the layer's lora_alpha and r, so after a hot-swap the weights serve the wrong "
     "strength; weights written into the scaling tensors in place are right "
     "(test_served_adapter_acts_as_in_a_fresh_pipeline[two])")
-def test_set_adapters_weights_after_a_hot_swap_serve_the_right_strength(case, suite):
-    result = served(case, suite, "two")
+@each("two")
+def test_set_adapters_weights_after_a_hot_swap_serve_the_right_strength(case, suite, scenario):
+    result = served(case, suite, scenario)
     if not result.two.set_adapters.slot_alpha_over_r_stale:
         pytest.skip("the adapters hot-swapped into the slot share lora_alpha / r with its first: nothing to get wrong")
     assert result.two.set_adapters.error <= result.tolerance, result.finding

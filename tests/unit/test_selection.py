@@ -1,10 +1,13 @@
 """Which rows a run takes: the profile's rows, capability gaps skipped with their reason, opt-in rows only when
 named (a full-graph FP8 compile that did not finish in 9.5 minutes must not hang a nightly job)."""
 
+import re
+
 from suite_run import run_pytest
 
 from perf.build.builder import staged
 from perf.plugin import case_params
+from perf.run.serving import SCENARIOS
 from perf.session import PerfSession
 from perf.spec.profiles import PROFILES, ActiveProfile, DeviceInfo
 from perf.spec.recipes import RECIPES
@@ -58,3 +61,14 @@ def test_recipes_option_deselects_the_memory_control_too(tmp_path):
     done = run_pytest("--collect-only", "-m", "rtx4090", "--recipes", "rtx4090_offload", cache=tmp_path)
     assert "rtx4090-rtx4090_offload" in done.stdout, done.stdout + done.stderr
     assert "rtx4090_bf16" not in done.stdout
+
+
+def test_each_serving_scenarios_tests_run_together(tmp_path):
+    """A GPU run cut off by its time limit has judged every scenario it served: all tests of a scenario follow
+    one another (negative control: with the scenario parametrized per function, each test ran over every
+    scenario first, and a cut-off run left the swap checks of every scenario unrun)."""
+    done = run_pytest("--collect-only", "-m", "cpu", "--recipes", "optimized", cache=tmp_path)
+    order = re.findall(r"test_serving\.py::\w+\[cpu-optimized-(\w+)\]", done.stdout)
+    runs = [scenario for i, scenario in enumerate(order) if i == 0 or order[i - 1] != scenario]
+    assert sorted(runs) == sorted(SCENARIOS), runs
+    assert order.count("scale") >= 6, order  # the scale-only tests are in its run too

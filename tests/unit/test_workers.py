@@ -33,10 +33,18 @@ def test_outside_a_worker_nothing_is_pinned(monkeypatch):
     ("tests/perf/test_hotswap.py::test_generation_latency[h100-optimized]", "h100-optimized"),
     ("tests/perf/test_memory.py::test_bf16_pipeline_without_offload_breaks_the_budget[rtx4090-rtx4090_bf16]",
      "rtx4090-rtx4090_bf16"),
+    ("tests/perf/test_serving.py::test_first_requests_compile_the_documented_count[h100-optimized-scale]",
+     "h100-optimized"),
+    ("tests/perf/test_serving.py::test_first_requests_compile_the_documented_count[h100-optimized_fast-named]",
+     "h100-optimized_fast"),
+    ("tests/perf/test_serving.py::test_first_requests_compile_the_documented_count[h100-optimized_fastest-named]",
+     None),
     ("tests/unit/test_workflows.py::test_ci_script_treats_no_tests_collected_as_success[5-0]", None),
 ])
 def test_a_recipes_tests_share_one_scope_and_other_tests_keep_theirs(nodeid, scope):
-    assert case_scope(nodeid, {"h100-optimized", "rtx4090-rtx4090_bf16"}) == scope
+    """A serving test's id carries its scenario after the case: it still shares the case's scope (negative
+    control: before, ``[h100-optimized-scale]`` fell to its module's scope, a worker of its own)."""
+    assert case_scope(nodeid, {"h100-optimized", "h100-optimized_fast", "rtx4090-rtx4090_bf16"}) == scope
 
 
 def test_two_workers_run_the_matrix_and_the_controller_reports_every_recipe(tmp_path):
