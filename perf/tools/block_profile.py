@@ -32,7 +32,8 @@ TINY = {"width": 64, "heads": 2, "head_dim": 32, "image_tokens": 64, "text_token
 
 def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> torch.nn.Module:
     """A double- or single-stream FLUX block with seeded weights, FP8-quantized if asked, then LoRA on every
-    Linear: the order the builder uses (quantize, then load the adapter)."""
+    Linear: the order the builder uses (quantize, then load the adapter). Rank 0: no LoRA, the block an adapter
+    merged into its weights would leave (what merging saves is the difference)."""
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -44,6 +45,8 @@ def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> 
     block = block.to(device, torch.bfloat16).eval()
     if numerics == "fp8":
         quantize_fp8(block, set_inductor_config=False)
+    if rank == 0:
+        return block
     linears = [name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)]
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=linears, init_lora_weights=False)
     return inject_adapter_in_model(config, block).to(device)
@@ -68,7 +71,9 @@ def block_inputs(size: dict, device: str) -> dict:
 def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str, repeats: int) -> dict:
     numerics, _, mode = variant.partition("@")
     torch.compiler.reset()
-    block = torch.compile(make_block(kind, numerics, size, rank, device), fullgraph=True, mode=mode or None)
+    eager = make_block(kind, numerics, size, rank, device)
+    lora_layers = sum(1 for name, _ in eager.named_modules() if name.endswith(".lora_A"))
+    block = torch.compile(eager, fullgraph=True, mode=mode or None)
     inputs = block_inputs(size, device)
     with torch.inference_mode():
         compile_s = time_rounds(lambda: block(**inputs), None, 1, device)[0]
@@ -78,6 +83,7 @@ def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str,
     for kernel, ms in kernels.items():
         by_category[category(kernel)] += ms
     return {
+        "lora_layers": lora_layers,
         "first_call_s": compile_s,
         "wall_ms": statistics.median(wall) * 1e3,
         "kernel_ms": sum(kernels.values()),
@@ -89,7 +95,8 @@ def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.tools.block_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="bf16,fp8", help="NUMERICS[@MODE],... (default: bf16,fp8)")
-    parser.add_argument("--rank", type=int, default=64, help="LoRA rank on every Linear (default: 64)")
+    parser.add_argument("--rank", type=int, default=64,
+                        help="LoRA rank on every Linear (default: 64; 0: no LoRA, as if merged)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path(".results/profiles"))
     args = parser.parse_args(argv)
