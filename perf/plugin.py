@@ -125,18 +125,37 @@ def case_param(item: pytest.Item) -> tuple[str, str] | None:
     return params.get("case") or params.get("control")
 
 
+def scenarios_together(items: list[pytest.Item]) -> None:
+    """Every serving test of a case's scenario in one run, right after the scenario is served, so a GPU run cut
+    off by its time limit has judged every scenario it served. Made here, not left to pytest's grouping by a
+    module-scoped parameter: pytest 9.2 groups tests that take different lists of scenarios, 9.1 (the H200 image's)
+    ran the tests over every scenario first and each scenario's own tests after. The serving tests keep their
+    places in ``items``; among them, cases keep their order, scenarios the order they were parametrized in."""
+    slots = [i for i, item in enumerate(items) if "scenario" in getattr(getattr(item, "callspec", None), "params", {})]
+    serving = [items[i] for i in slots]
+    cases: dict = {}
+    scenarios: dict = {}
+    for position, item in enumerate(serving):
+        cases.setdefault(case_param(item), position)
+        scenarios.setdefault(item.callspec.params["scenario"], position)
+    serving.sort(key=lambda item: (cases[case_param(item)], scenarios[item.callspec.params["scenario"]]))
+    for slot, item in zip(slots, serving, strict=True):
+        items[slot] = item
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """--recipes deselects every other recipe's tests."""
+    """--recipes deselects every other recipe's tests; the serving tests are ordered a scenario at a time."""
     names = config.stash[SESSION].wanted_recipes
-    if names is None:
-        return
-    keep, drop = [], []
-    for item in items:
-        param = case_param(item)
-        (drop if param is not None and param[1] not in names else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    if names is not None:
+        keep, drop = [], []
+        for item in items:
+            param = case_param(item)
+            (drop if param is not None and param[1] not in names else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    scenarios_together(items)
 
 
 @pytest.hookimpl(trylast=True)

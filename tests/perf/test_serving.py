@@ -14,10 +14,10 @@ CHECKED = ("scale", "resident", "named", "two")  # where an adapter or its weigh
 
 
 def each(*scenarios: str) -> pytest.MarkDecorator:
-    """Parametrized by scenario at module scope, so pytest runs every test of a scenario together, right after it
-    is served: a GPU run cut off by its time limit has judged every scenario it served (function scope ran each
-    test over all scenarios first, and left the later tests of every scenario unrun)."""
-    return pytest.mark.parametrize("scenario", scenarios, scope="module")
+    """Parametrized by scenario; the plugin runs every test of a scenario together, right after it is served
+    (``perf.plugin.scenarios_together``), so a GPU run cut off by its time limit has judged every scenario it
+    served."""
+    return pytest.mark.parametrize("scenario", scenarios)
 
 
 def library_finding(reason: str) -> pytest.MarkDecorator:

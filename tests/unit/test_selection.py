@@ -6,7 +6,7 @@ import re
 from suite_run import run_pytest
 
 from perf.build.builder import staged
-from perf.plugin import case_params
+from perf.plugin import case_params, scenarios_together
 from perf.run.serving import SCENARIOS
 from perf.session import PerfSession
 from perf.spec.profiles import PROFILES, ActiveProfile, DeviceInfo
@@ -72,3 +72,25 @@ def test_each_serving_scenarios_tests_run_together(tmp_path):
     runs = [scenario for i, scenario in enumerate(order) if i == 0 or order[i - 1] != scenario]
     assert sorted(runs) == sorted(SCENARIOS), runs
     assert order.count("scale") >= 6, order  # the scale-only tests are in its run too
+
+
+class Item:
+    def __init__(self, test: str, case: tuple[str, str] | None = None, scenario: str | None = None):
+        self.test = test
+        self.callspec = type("CallSpec", (), {"params": {"case": case, **({"scenario": scenario} if scenario else {})}})
+
+
+def test_serving_tests_are_ordered_a_scenario_at_a_time_whatever_order_pytest_collected():
+    """The order pytest 9.1 (the H200 image's) collected: every test over all scenarios first, each scenario's own
+    tests after (negative control: a run cut off on the H200 judged only each scenario's first tests). Other tests
+    keep their places, and cases their order."""
+    a, b = ("h200", "a"), ("h200", "b")
+    collected = [(test, case, scenario) for case in (a, b) for test in ("warm", "count", "check")
+                 for scenario in ("scale", "batches", "two") if test != "check" or scenario != "batches"]
+    items = [Item("perf", a), *(Item(*test) for test in collected), Item("other")]
+    scenarios_together(items)
+    order = [(item.test, item.callspec.params["case"], item.callspec.params.get("scenario")) for item in items]
+    assert order == [("perf", a, None),
+                     *((test, case, scenario) for case in (a, b) for scenario in ("scale", "batches", "two")
+                       for test in ("warm", "count", "check") if test != "check" or scenario != "batches"),
+                     ("other", None, None)]
