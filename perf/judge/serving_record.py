@@ -100,12 +100,15 @@ class NamedFigures:
     load_seconds: Seconds
     load_recompiles: Count
     mib_per_adapter: float
-    graphs_held_before: Count  # graphs the transformer held before the first switch
+    graphs_held_before: Count  # graphs the transformer's fullest compiled forward held before the first switch
     recompiles_per_switch: tuple[Count, ...]
     first_step_seconds: dict[str, Seconds]  # a first switch's step, compiling included
     failure: LimitHit | None = None  # a switch that failed at the real limit
     limit_shown: LimitHit | None = None  # the switch past a limit lowered to the graphs held
     stopped_after: Count | None = None  # switches made (None: all, in records before 2026-11-30)
+    # graphs held before the first switch per compiled forward, where a regional compile has several (each counted
+    # against the limit apart); empty: one, the transformer's (full-graph rows, records before 2026-11-30)
+    held_by_forward: dict[str, Count] = field(default_factory=dict)
 
 
 @frozen_section

@@ -21,6 +21,14 @@ def graphs_held(module) -> int:
     return len(_debug_get_cache_entry_list(type(module).forward.__code__))
 
 
+def graphs_by_forward(model) -> dict[str, int]:
+    """Graphs dynamo holds for each compiled forward in ``model``, by class: the model's own under a full-graph
+    compile, each repeated block class's under a regional one (``compile_repeated_blocks``: the blocks of a class
+    share their code, so their graphs and the ``recompile_limit`` they count against). Inlined modules hold none."""
+    one_each = {type(m): m for m in model.modules()}
+    return {cls.__name__: held for cls, module in one_each.items() if (held := graphs_held(module))}
+
+
 CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
                   ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
 

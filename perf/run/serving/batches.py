@@ -33,7 +33,7 @@ def run_batches(built: BuiltPipeline, **_) -> ServingResult:
         fits = (largest_batch(built, profile.memory_budget_gib)
                 if built.device_type == "cuda" and profile.batch_fit and profile.memory_budget_gib is not None
                 else None)
-    return scenario_result("batches", requests, batches=BatchFigures(profile.memory_budget_gib, fits))
+    return scenario_result(built, "batches", requests, batches=BatchFigures(profile.memory_budget_gib, fits))
 
 
 def largest_batch(built: BuiltPipeline, budget_gib: float) -> BatchFit:

@@ -14,10 +14,13 @@ from perf.spec.recipes import Recipe
 
 @dataclass(frozen=True)
 class Known:
-    """Graphs a scenario's first requests compile on the current stack, and why: a finding, not a pass."""
+    """Graphs a scenario's first requests compile on the current stack, and why: a finding, not a pass. ``count``
+    is per graph the compiled transformer holds as built (see ``documented``); ``regional``: what a regional
+    compile does instead, where the scenario's change happens outside the compiled blocks."""
 
     count: int
     why: str
+    regional: Known | None = None
 
 
 KNOWN_RECOMPILES = {
@@ -25,7 +28,10 @@ KNOWN_RECOMPILES = {
                    "(apply_lora_scale -> scale_lora_layers, which returns early at 1.0): the first scale other than "
                    "1.0 compiles a graph specialized on its value, the second makes the float dynamic (automatic "
                    "dynamic), and an explicit 1.0 fails the dynamic graph's `scale == 1.0` guard; any scale after "
-                   "that reuses the dynamic graph"),
+                   "that reuses the dynamic graph",
+                   regional=Known(0, "a regional compile applies the scale in the transformer's forward, outside "
+                                     "the compiled blocks, into the hot-swap slot's scaling tensors in place: the "
+                                     "blocks' graphs read the tensors and compile nothing (measured on the CPU)")),
     "resolutions": Known(1, "the first new shape recompiles the transformer with its sequence length dynamic "
                          "(torch.compile's default automatic dynamic shapes); every other shape reuses that graph"),
     "batches": Known(1, "the first batch above 1 recompiles with the batch dimension dynamic (automatic dynamic); "
@@ -44,14 +50,30 @@ KNOWN_RECOMPILES = {
 }
 
 
-def finding(scenario: str, measured: int, expected: int, detail: str | None = None, decoder: int = 0) -> str | None:
+def documented(scenario: str, recipe: Recipe, held: int) -> Known:
+    """What ``scenario``'s first requests are documented to compile on ``recipe``, whose compiled transformer holds
+    ``held`` graphs as built: ``KNOWN_RECOMPILES``' count on each of them, since each graph's guards fail alike.
+    A full-graph compile holds one. A regional one holds a graph per repeated block class, and a second for the
+    single-stream block where its first call's input has strides of its own: 3 on FLUX.1-dev's sizes (the H200's
+    ``rtx4090_optimized``: batch 2 compiled 3), 2 on the CPU's tiny model (every scenario but ``scale`` compiled
+    twice the full-graph count there). A regional compile's own ``Known`` where the scenario has one."""
+    known = KNOWN_RECOMPILES[scenario]
+    if recipe.compile != "regional":
+        return known
+    if known.regional is not None:
+        return known.regional
+    return Known(known.count * held, f"{known.why}; on each of the {held} graphs a regional compile holds")
+
+
+def finding(scenario: str, measured: int, known: Known, expected: int, detail: str | None = None,
+            decoder: int = 0) -> str | None:
     """What the libraries could not serve without compiling after the first request (``measured``: the
-    transformer's graphs; ``decoder``: the compiled VAE decoder's, said apart; ``detail``: what else the scenario
-    measured of it), with the versions."""
+    transformer's graphs; ``known``: what is documented, ``expected`` of them here; ``decoder``: the compiled VAE
+    decoder's, said apart; ``detail``: what else the scenario measured of it), with the versions."""
     if measured == 0 and decoder == 0 and detail is None:
         return None
     stack = stack_versions()
-    why = KNOWN_RECOMPILES[scenario].why
+    why = known.why
     parts = [f"{measured} graph(s) compiled by the first requests: "
              f"{why if measured == expected else f'not the documented count ({expected}: {why})'}"] if measured else []
     if decoder:

@@ -17,7 +17,6 @@ from perf.judge.serving_record import (
     ServingResult,
 )
 from perf.run.measure import timed
-from perf.run.serving.known import KNOWN_RECOMPILES
 from perf.run.serving.requests import (
     Switch,
     activate,
@@ -42,7 +41,7 @@ from perf.run.swap_probe import (
     step_output,
     zero_effect,
 )
-from perf.run.watchers import RecompileWatcher, graphs_held
+from perf.run.watchers import RecompileWatcher, graphs_by_forward
 from perf.spec.loras import LoraAdapter
 
 NAMED_SWITCHES = 2
@@ -82,13 +81,13 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
                 load_seconds, _ = timed(lambda: [cached.load(pipe, adapter_name=name)
                                                  for cached, name in zip(cache, names, strict=True)], built.device_type)
             mib_per_adapter = statistics.fmean(lora_bytes(transformer, n) for n in names) / 2**20
-            held_before = graphs_held(transformer)
+            held_before = graphs_by_forward(transformer)
             first, failure = [], None
             for i in switched:
                 try:
                     first += run_switches(built, [switch(i)], reference.inputs)
                 except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
-                    failure = _failure(exc, names[i], graphs_held(transformer))
+                    failure = _failure(exc, names[i], fullest(transformer))
                     break
             served = switched[:len(first)]
             steady = run_switches(built, [switch(i) for i in served], reference.inputs)
@@ -103,21 +102,28 @@ def run_named(built: BuiltPipeline, reference: StepReference, resident: Sequence
                      for i, f, s in zip(served, first, steady, strict=True))
     figures = NamedFigures(
         tuple(names), tuple(names[i] for i in switched), limit, load_seconds, loading.count, mib_per_adapter,
-        held_before, tuple(c for *_, c in first), {names[i]: f[1] for i, f in zip(served, first, strict=True)},
-        failure, limit_shown, count)
-    return scenario_result("named", requests, errors, controls, probing.count + checking, noise_floor=floor,
-                           named=figures, expected=len(first) * KNOWN_RECOMPILES["named"].count,
-                           detail=_named_finding(figures))
+        max(held_before.values(), default=0), tuple(c for *_, c in first),
+        {names[i]: f[1] for i, f in zip(served, first, strict=True)}, failure, limit_shown, count,
+        held_before if len(held_before) > 1 else {})
+    return scenario_result(built, "named", requests, errors, controls, probing.count + checking, noise_floor=floor,
+                           named=figures, per_request=len(first), detail=_named_finding(figures))
 
 
 def _failure(exc: Exception, adapter: str, graphs: int, limit_set_to: int | None = None) -> LimitHit:
     return LimitHit(adapter, graphs, error_line(exc), limit_set_to)
 
 
+def fullest(transformer: torch.nn.Module) -> int:
+    """The graphs the transformer's fullest compiled forward holds: the one dynamo's ``recompile_limit`` (counted per
+    code object) stops first (the transformer's own on a full-graph row; a repeated block's on a regional one)."""
+    return max(graphs_by_forward(transformer).values(), default=0)
+
+
 def _fail_at_limit(built: BuiltPipeline, switch: Switch, probe: StepInputs) -> LimitHit:
-    """Dynamo's limit set to the graphs the transformer holds, then ``switch`` (to an adapter never switched to):
-    what the switch past the real limit does, shown without compiling up to it. ``error`` None: it did not fail."""
-    held = graphs_held(built.pipe.transformer)
+    """Dynamo's limit set to the graphs the transformer's fullest compiled forward holds, then ``switch`` (to an
+    adapter never switched to): what the switch past the real limit does, shown without compiling up to it.
+    ``error`` None: it did not fail."""
+    held = fullest(built.pipe.transformer)
     with torch._dynamo.config.patch(recompile_limit=held):
         try:
             run_switches(built, [switch], probe)
@@ -179,8 +185,10 @@ def _named_finding(figures: NamedFigures) -> str | None:
     text = (f"switches to named adapters not switched to before compiled {per} graph(s); dynamo's recompile_limit "
             f"is {limit} (torch._dynamo.config, read at run time) and the transformer held {held} graph(s) before "
             f"the first switch")
+    if figures.held_by_forward:  # a regional compile: each block's graphs count against the limit apart
+        text += f" ({', '.join(f'{n} {h}' for n, h in sorted(figures.held_by_forward.items()))})"
     if len(set(per)) == 1:
-        fits = (limit - held) // per[0]
+        fits = _fits(limit, per[0], figures.held_by_forward or {"": held})
         text += (f", so {fits} named adapters fit and the switch to adapter {fits + 1} passes the limit "
                  f"({len(figures.adapters)} are resident)")
     failure, shown = figures.failure, figures.limit_shown
@@ -194,3 +202,10 @@ def _named_finding(figures: NamedFigures) -> str | None:
         text += (f"; with recompile_limit set to the {shown.recompile_limit_set_to} graphs held, the switch to "
                  f"{shown.adapter} {'failed: ' + shown.error if shown.error else 'did not fail'}")
     return text
+
+
+def _fits(limit: int, per_switch: int, held: dict[str, int]) -> int:
+    """Named adapters one compiled transformer can switch to before a compiled forward passes ``limit``: each
+    forward's graphs recompile alike, so a switch's graphs spread over them as the graphs they held."""
+    total = sum(held.values())
+    return min((limit - graphs) // max(1, per_switch * graphs // total) for graphs in held.values())

@@ -17,14 +17,14 @@ from perf.judge.serving_record import (
 )
 from perf.judge.tolerances import FLOOR_PERTURBATION
 from perf.run.measure import free_memory, read_peak, reset_peak, timed
-from perf.run.serving.known import KNOWN_RECOMPILES, finding
+from perf.run.serving.known import documented, finding
 from perf.run.swap_probe import (
     StepInputs,
     StepReference,
     same_numerics_reference,
     step_output,
 )
-from perf.run.watchers import RecompileWatcher, graphs_held
+from perf.run.watchers import RecompileWatcher, graphs_by_forward, graphs_held
 from perf.spec.loras import LoraAdapter
 
 
@@ -137,13 +137,15 @@ def activate(transformer: torch.nn.Module, adapter: str) -> None:
             module.set_adapter(adapter)
 
 
-def scenario_result(scenario: str, requests: tuple[Request, ...], errors: dict | None = None,
-                    controls: dict | None = None, probe_recompiles: int = 0, expected: int | None = None,
+def scenario_result(built: BuiltPipeline, scenario: str, requests: tuple[Request, ...], errors: dict | None = None,
+                    controls: dict | None = None, probe_recompiles: int = 0, per_request: int = 1,
                     detail: str | None = None, **figures) -> ServingResult:
-    """``expected``: the graphs the first requests should compile where it is not the scenario's documented count
-    (a count per request); ``detail``: what the scenario measured beyond the count, for the finding; ``figures``:
-    the scenario's own figures section (``scale=ScaleFigures(...)``, ...)."""
-    expected = KNOWN_RECOMPILES[scenario].count if expected is None else expected
+    """The result, its documented count (``known.documented`` on the graphs the transformer holds as the scenario
+    left it: as built) times ``per_request`` where the count is per request (``named``: per switch); ``detail``:
+    what the scenario measured beyond the count, for the finding; ``figures``: the scenario's own figures section
+    (``scale=ScaleFigures(...)``, ...)."""
+    known = documented(scenario, built.recipe, sum(graphs_by_forward(built.pipe.transformer).values()))
+    expected = known.count * per_request
     result = ServingResult(scenario, requests, errors or {}, controls or {}, probe_recompiles, expected, **figures)
-    return replace(result, finding=finding(scenario, result.transformer_recompiles, expected, detail,
+    return replace(result, finding=finding(scenario, result.transformer_recompiles, known, expected, detail,
                                            result.decoder_recompiles))

@@ -136,8 +136,8 @@ def run_resident(built: BuiltPipeline, reference: StepReference, resident: Seque
         tuple(a.name for a in chosen), refused, statistics.fmean(cache[a.name].nbytes for a in chosen) / 2**20,
         lora_bytes(built.pipe.transformer, HOTSWAP_ADAPTER) / 2**20, bare)
     detail = _resident_finding(figures, errors["A->B->A->B from memory"], serving_tolerance(floor))
-    return scenario_result("resident", requests, errors, controls, probing.count + flooring.count, noise_floor=floor,
-                           resident=figures, detail=detail)
+    return scenario_result(built, "resident", requests, errors, controls, probing.count + flooring.count,
+                           noise_floor=floor, resident=figures, detail=detail)
 
 
 def _resident_finding(figures: ResidentFigures, from_memory: float, tolerance: float) -> str | None:

@@ -73,5 +73,5 @@ def run_scale(built: BuiltPipeline, reference: StepReference, **_) -> ServingRes
     caught = [d for d in SCALE_DEFECTS if all(errs[str(d)] > tolerance for errs in sensitivity.values())]
     figures = ScaleFigures(reference.adapter, UNSEEN_SCALE, unseen.seconds, unseen.graphs, sensitivity,
                            SCALE_DEFECT, min(caught, default=None))
-    return scenario_result("scale", requests, errors, controls, probing.count + flooring.count, noise_floor=floor,
-                           scale=figures)
+    return scenario_result(built, "scale", requests, errors, controls, probing.count + flooring.count,
+                           noise_floor=floor, scale=figures)

@@ -41,7 +41,7 @@ def run_resolutions(built: BuiltPipeline, **_) -> ServingResult:
     image's cost and graphs compiled per new shape, steady latency per shape, none compiled once all are warm."""
     with leaves_pipeline_as_built(built):
         requests = serve_all(built, _shapes(built))
-    return scenario_result("resolutions", requests)
+    return scenario_result(built, "resolutions", requests)
 
 
 def shape_mode(scenario: str) -> Callable[..., ServingResult]:
@@ -55,6 +55,6 @@ def shape_mode(scenario: str) -> Callable[..., ServingResult]:
             torch.compiler.reset()
             with torch._dynamo.config.patch(**SHAPE_MODES[scenario]):
                 requests = serve_all(built, _shapes(built))
-        return scenario_result(scenario, requests)
+        return scenario_result(built, scenario, requests)
 
     return run

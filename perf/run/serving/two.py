@@ -124,8 +124,8 @@ def run_two(built: BuiltPipeline, reference: StepReference, **_) -> ServingResul
             diffusers = _set_adapters_weights(built, slots, checks[0], SET_ADAPTERS_WEIGHTS, reference.inputs)
         finally:
             slots.close()
-    return scenario_result("two", requests, errors, controls, probing.count + flooring.count, noise_floor=floor,
-                           two=TwoFigures(TwoSlots.SLOTS, diffusers),
+    return scenario_result(built, "two", requests, errors, controls, probing.count + flooring.count,
+                           noise_floor=floor, two=TwoFigures(TwoSlots.SLOTS, diffusers),
                            detail=_two_finding(diffusers, serving_tolerance(floor)))
 
 
