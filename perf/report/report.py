@@ -29,7 +29,7 @@ from perf.judge.compare import (
     warmup_seconds,
 )
 from perf.judge.record import RunRecord
-from perf.judge.serving_record import Request, ServingResult
+from perf.judge.serving_record import BatchFit, Request, ServingResult
 
 BASELINE_RECIPES = ("baseline", "rtx4090_offload")  # each seed table's unoptimized row: speedups are relative to it
 RUN_HEADER = ("recipe", "latency median (s)", "speedup vs baseline row", "warm-up (s)",
@@ -221,10 +221,22 @@ def serving_table(records: Iterable[RunRecord], profile: str) -> str:
                          _value(request.peak_gib, ".1f"), check if i == 0 else "", source if i == 0 else ""))
         if result.finding:
             findings.append(f"- {recipe}: {result.finding}")
+        fit = result.batches.largest_batch_that_fits if result.batches else None
+        if fit is not None:
+            findings.append(f"- {recipe}: batches: {_batch_fit(fit, result.batches.budget_gib)}")
     if not rows:
         return (f"No {profile} record holds the serving scenarios yet, so there are no figures to show: they come from "
                 f"`pytest -m {profile} --update-baselines` on that GPU (without `--no-serving`), then this command.")
     return "\n".join([markdown_table(SERVING_HEADER, rows), *(["", *findings] if findings else [])])
+
+
+def _batch_fit(fit: BatchFit, budget_gib: float) -> str:
+    """The batch search on a consumer card's profile (made only where the profile has a memory budget): the largest
+    batch within the budget and each peak tried."""
+    peaks = ", ".join(f"{batch}: {peak if isinstance(peak, str) else f'{peak:.2f} GiB'}"
+                      for batch, peak in fit.peaks_gib.items())
+    largest = f"the largest batch within {budget_gib:g} GiB is {fit.batch}" if fit.batch else "no batch fits"
+    return f"{largest} (peaks {peaks})"
 
 
 def _label(result: ServingResult, i: int) -> str:

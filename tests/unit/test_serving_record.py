@@ -72,7 +72,7 @@ def test_serving_table_lists_every_request_and_the_findings():
     assert "| rtx4090_optimized | batches | batch 4 | 9.000 | 1 | 3.000 | 0 | 80.0 | 22.5 |  |  |" in table
     assert ("| rtx4090_optimized | resident | hot-swap from memory | 0.010 | 0 | 0.002 | 0 | - | - | 0.0000 "
             "(tolerance 0.0050) | 2026-11-24 0997180 |") in table
-    assert table.endswith("- rtx4090_optimized: batches: 1 graph(s) compiled by the first requests")
+    assert "\n- rtx4090_optimized: batches: 1 graph(s) compiled by the first requests\n" in table
 
 
 def test_serving_table_takes_each_scenario_from_the_newest_record_holding_it():
@@ -133,3 +133,9 @@ def test_a_named_switch_row_says_what_its_first_step_took():
     table = serving_table([example_record("optimized", serving={"named": result})], "h200")
     assert "| set_adapters resident_0 (peft_all), first step 163.6 s | 0.040 | 1 |" in table
     assert "| set_adapters resident_1 (kohya) | 0.040 | 0 |" in table
+
+
+def test_the_table_says_which_batch_fits_the_consumer_cards_budget():
+    table = serving_table([example_record("rtx4090_optimized", serving={"batches": BATCHES})], "rtx4090")
+    assert table.endswith("- rtx4090_optimized: batches: the largest batch within 24 GiB is 4 "
+                          "(peaks 1: 20.10 GiB, 4: 22.50 GiB, 8: out of memory)")
