@@ -1,0 +1,150 @@
+"""A hot-swap row with the adapter merged into its weights: ``python -m perf.tools.merged_lora --recipe R --out DIR``.
+
+Issue 25's largest lead. On the H200 the LoRA layers of a hot-swap row cost 12.6 ms of a step's kernels (FP8
+blocks with and without LoRA, ``block_profile``): about 0.35 s of a 28-step image. Merging the adapter into the
+weights removes them, but a row must still swap adapters without recompiling. Here the adapter stays loaded as
+diffusers loads it (``load_lora_weights(..., hotswap=True)`` into peft's LoRA layers), the layers are switched off
+in the forward (peft's ``enable_adapters(False)``: the graph runs the base weights alone), and each swap writes
+``base + scaling * B @ A`` into the base weights in place, FP8 re-quantized with torchao's own ``from_hp`` where the
+row is FP8. The base is the weights before the first merge (on an FP8 row, dequantized: its FP8 rounding is kept).
+
+Measured, before deciding whether it becomes a recipe field: image seconds with the LoRA layers and merged, graphs
+compiled by the merge (one: the forward without LoRA) and by each later swap (must be 0), a swap's seconds, and
+the merged step against the LoRA layers' step on the same inputs, in units of the adapter's effect (what FP8
+re-quantization costs the adapter). Writes ``merged-lora.json`` as it goes; on a CPU it runs the tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from perf.build import compile_settings
+from perf.build.builder import HOTSWAP_ADAPTER, BuiltPipeline, build_pipeline
+from perf.run.measure import timed
+from perf.run.swap_probe import capture_first_step, lora_modules, step_output
+from perf.run.watchers import RecompileWatcher
+from perf.spec.profiles import resolve_profile
+from perf.spec.recipes import get_recipe
+from perf.spec.run_spec import add_run_options, resolve_run
+
+
+class Merged:
+    """The base weights of every LoRA layer holding the hot-swap slot, and the write of the slot's adapter into
+    them. Kept on the weights' device: on the H200 the LoRA'd projections' bf16 base is about 23 GB."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.layers = lora_modules(transformer, HOTSWAP_ADAPTER)
+        self.base = {name: _dense(layer.base_layer.weight) for name, layer in self.layers.items()}
+
+    def write(self) -> None:
+        """``base + scaling * B @ A`` of the slot's current adapter into each layer's weight, in place (the same
+        tensors the compiled graph reads), in float32 before the weight's own rounding."""
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                a, b = layer.lora_A[HOTSWAP_ADAPTER].weight, layer.lora_B[HOTSWAP_ADAPTER].weight
+                scaling = layer.scaling[HOTSWAP_ADAPTER]
+                delta = (b.float() @ a.float()) * (scaling.float() if isinstance(scaling, torch.Tensor) else scaling)
+                _write(layer.base_layer.weight, self.base[name].float() + delta)
+
+    def lora_in_forward(self, on: bool) -> None:
+        """peft's switch for each layer's LoRA path: off, the graph computes the merged base weights alone."""
+        for layer in self.layers.values():
+            layer.enable_adapters(on)
+
+
+def _dense(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as a plain tensor (an FP8 weight dequantized), copied."""
+    return weight.dequantize() if hasattr(weight, "qdata") else weight.detach().clone()
+
+
+def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
+    """``value`` into ``weight`` in place: a plain weight copied in its dtype; torchao's FP8 weight quantized as
+    torchao quantizes it (``Float8Tensor.from_hp`` with the weight's own settings), its data and scales copied."""
+    if not hasattr(weight, "qdata"):
+        weight.copy_(value.to(weight.dtype))
+        return
+    from torchao.quantization import Float8Tensor, PerRow
+
+    fresh = Float8Tensor.from_hp(value.to(weight.dtype), weight.qdata.dtype, PerRow(), mm_config=weight.mm_config,
+                                 kernel_preference=weight.kernel_preference, act_quant_kwargs=weight.act_quant_kwargs)
+    weight.qdata.copy_(fresh.qdata)
+    weight.scale.copy_(fresh.scale)
+
+
+def image_seconds(built: BuiltPipeline, images: int) -> list[float]:
+    return [timed(built.generate, built.device_type)[0] for _ in range(images)]
+
+
+def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
+    """The figures the module docstring names, written to ``out`` after each stage."""
+    result: dict = {"recipe": built.recipe.name, "device": built.spec.active.device.name,
+                    "model_source": built.spec.source.label, "torch": torch.__version__}
+
+    def save(**figures) -> None:
+        result.update(figures)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "merged-lora.json").write_text(json.dumps(result, indent=1))
+
+    with capture_first_step(built.pipe.transformer) as captured:
+        built.generate()  # warm-up: the compile
+    inputs = captured[0]
+    save(lora_layers_s=image_seconds(built, images))
+    with_lora = step_output(built.pipe, inputs)
+    merged = Merged(built.pipe.transformer)
+    with RecompileWatcher() as merging:  # the forward without the LoRA path: one graph
+        merged.lora_in_forward(False)
+        without_lora = step_output(built.pipe, inputs)
+        took, _ = timed(merged.write, built.device_type)
+        step = step_output(built.pipe, inputs)
+    effect = float((with_lora - without_lora).norm())
+    save(lora_layers=len(merged.layers), merge_s=took, merge_graphs=merging.count,
+         merged_vs_lora_layers=float((step - with_lora).norm()) / effect, merged_s=image_seconds(built, images))
+    swaps = []
+    for adapter in [*built.spec.pool.adapters[1:], built.spec.pool.adapters[0]]:
+        with RecompileWatcher() as swapping:
+            load, _ = timed(lambda a=adapter: built.load_adapter(a), built.device_type)
+            write, _ = timed(merged.write, built.device_type)
+            seconds = image_seconds(built, 1)[0]
+            before, step = step, step_output(built.pipe, inputs)
+        # a swap that wrote nothing reads 0 here: the step changes by about an adapter's effect
+        swaps.append({"adapter": adapter.name, "load_s": load, "merge_s": write, "image_s": seconds,
+                      "graphs": swapping.count, "step_change": float((step - before).norm()) / effect})
+        save(swaps=swaps)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.tools.merged_lora", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, help="a compiled hot-swap recipe to build on this device")
+    parser.add_argument("--images", type=int, default=3, help="images timed with the LoRA layers and merged")
+    parser.add_argument("--out", type=Path, default=Path(".results/merged-lora"), help="folder for merged-lora.json")
+    add_run_options(parser.add_argument)
+    args = parser.parse_args(argv)
+    recipe = get_recipe(args.recipe)
+    if not (recipe.hotswap and recipe.compiled):
+        parser.error(f"--recipe {recipe.name}: merging on swap is measured on compiled hot-swap recipes only")
+    spec = resolve_run(resolve_profile(None), args.model, args.lora, args.max_rank, args.perf_cache)
+    settings_before = compile_settings.snapshot()
+    started = time.perf_counter()
+    try:
+        result = measure(build_pipeline(spec, recipe), args.images, args.out)
+    finally:
+        compile_settings.restore(settings_before)
+    worst, merges = max(s["graphs"] for s in result["swaps"]), [s["merge_s"] for s in result["swaps"]]
+    print(f"{recipe.name}: image {statistics.median(result['lora_layers_s']):.3f} s with the LoRA layers, "
+          f"{statistics.median(result['merged_s']):.3f} s merged; the merge compiled {result['merge_graphs']} "
+          f"graph(s), swaps at most {worst}; a swap's merge {statistics.median(merges):.3f} s; "
+          f"merged step {result['merged_vs_lora_layers']:.4f} of the adapter's effect from the LoRA layers' "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

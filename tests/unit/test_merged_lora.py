@@ -1,0 +1,17 @@
+"""``python -m perf.tools.merged_lora``, issue 25's measurement of a hot-swap row with the adapter merged into its
+weights, on the tiny model: the merged step is the LoRA layers' step, the merge compiles the forward without the
+LoRA path once, and every later swap writes the new adapter into the weights without compiling."""
+
+import json
+
+from perf.tools.merged_lora import main
+
+
+def test_a_merged_row_swaps_without_compiling_and_serves_what_the_lora_layers_serve(tmp_path, tiny_cache):
+    assert main(["--recipe", "no_fa3_fp8", "--images", "1", "--out", str(tmp_path),
+                 "--perf-cache", str(tiny_cache)]) == 0
+    result = json.loads((tmp_path / "merged-lora.json").read_text())
+    assert result["merge_graphs"] == 1
+    assert result["merged_vs_lora_layers"] < 1e-4  # float32 on the CPU; FP8 re-quantization is the GPU's figure
+    assert [swap["graphs"] for swap in result["swaps"]] == [0] * 4
+    assert all(swap["step_change"] > 0 for swap in result["swaps"])  # a swap not written into the weights reads 0
