@@ -10,8 +10,11 @@ row is FP8. The base is the weights before the first merge (on an FP8 row, dequa
 
 Measured, before deciding whether it becomes a recipe field: image seconds with the LoRA layers and merged, graphs
 compiled by the merge (one: the forward without LoRA) and by each later swap (must be 0), a swap's seconds, and
-the merged step against the LoRA layers' step on the same inputs, in units of the adapter's effect (what FP8
-re-quantization costs the adapter). Writes ``merged-lora.json`` as it goes; on a CPU it runs the tiny model.
+the merged step against the LoRA layers' step on the same inputs, in units of the adapter's effect, and the
+merged image's PSNR/SSIM against the LoRA layers' beside the image without the adapter's (what FP8
+re-quantization costs the adapter: emulated on the CPU, a random weight's per-row FP8 rounding moves a delta of 5%
+of the weight by about half its size, so the GPU's figure decides). Writes ``merged-lora.json`` as it goes; on a
+CPU it runs the tiny model.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from perf.build import compile_settings
 from perf.build.builder import HOTSWAP_ADAPTER, BuiltPipeline, build_pipeline
 from perf.run.measure import timed
+from perf.run.quality import fidelity
 from perf.run.swap_probe import capture_first_step, lora_modules, step_output
 from perf.run.watchers import RecompileWatcher
 from perf.spec.profiles import resolve_profile
@@ -78,8 +83,15 @@ def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
     weight.scale.copy_(fresh.scale)
 
 
-def image_seconds(built: BuiltPipeline, images: int) -> list[float]:
-    return [timed(built.generate, built.device_type)[0] for _ in range(images)]
+def image_seconds(built: BuiltPipeline, images: int) -> tuple[list[float], np.ndarray]:
+    """Each of ``images`` generations' seconds, and the last image."""
+    made = [timed(built.generate, built.device_type) for _ in range(images)]
+    return [seconds for seconds, _ in made], made[-1][1]
+
+
+def against(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    found = fidelity(candidate, reference)
+    return {"psnr_db": found.psnr, "ssim": found.ssim}
 
 
 def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
@@ -95,23 +107,30 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
     with capture_first_step(built.pipe.transformer) as captured:
         built.generate()  # warm-up: the compile
     inputs = captured[0]
-    save(lora_layers_s=image_seconds(built, images))
+    seconds, with_lora_image = image_seconds(built, images)
+    save(lora_layers_s=seconds)
     with_lora = step_output(built.pipe, inputs)
     merged = Merged(built.pipe.transformer)
     with RecompileWatcher() as merging:  # the forward without the LoRA path: one graph
         merged.lora_in_forward(False)
         without_lora = step_output(built.pipe, inputs)
+        no_adapter_image = built.generate()
         took, _ = timed(merged.write, built.device_type)
         step = step_output(built.pipe, inputs)
     effect = float((with_lora - without_lora).norm())
+    seconds, merged_image = image_seconds(built, images)
+    # the image with the adapter merged, and with no adapter at all, against the LoRA layers' image: how much of
+    # the adapter's effect on the image the merge (FP8 re-quantization on an FP8 row) keeps
     save(lora_layers=len(merged.layers), merge_s=took, merge_graphs=merging.count,
-         merged_vs_lora_layers=float((step - with_lora).norm()) / effect, merged_s=image_seconds(built, images))
+         merged_vs_lora_layers=float((step - with_lora).norm()) / effect, merged_s=seconds,
+         merged_image_vs_lora_layers=against(merged_image, with_lora_image),
+         no_adapter_image_vs_lora_layers=against(no_adapter_image, with_lora_image))
     swaps = []
     for adapter in [*built.spec.pool.adapters[1:], built.spec.pool.adapters[0]]:
         with RecompileWatcher() as swapping:
             load, _ = timed(lambda a=adapter: built.load_adapter(a), built.device_type)
             write, _ = timed(merged.write, built.device_type)
-            seconds = image_seconds(built, 1)[0]
+            seconds = image_seconds(built, 1)[0][0]
             before, step = step, step_output(built.pipe, inputs)
         # a swap that wrote nothing reads 0 here: the step changes by about an adapter's effect
         swaps.append({"adapter": adapter.name, "load_s": load, "merge_s": write, "image_s": seconds,
@@ -141,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{recipe.name}: image {statistics.median(result['lora_layers_s']):.3f} s with the LoRA layers, "
           f"{statistics.median(result['merged_s']):.3f} s merged; the merge compiled {result['merge_graphs']} "
           f"graph(s), swaps at most {worst}; a swap's merge {statistics.median(merges):.3f} s; "
-          f"merged step {result['merged_vs_lora_layers']:.4f} of the adapter's effect from the LoRA layers' "
+          f"merged step {result['merged_vs_lora_layers']:.4f} of the adapter's effect from the LoRA layers', "
+          f"image PSNR {result['merged_image_vs_lora_layers']['psnr_db']:.1f} dB against them (no adapter: "
+          f"{result['no_adapter_image_vs_lora_layers']['psnr_db']:.1f} dB) "
           f"({time.perf_counter() - started:.0f} s)")
     return 0
 

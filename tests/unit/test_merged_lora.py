@@ -13,5 +13,6 @@ def test_a_merged_row_swaps_without_compiling_and_serves_what_the_lora_layers_se
     result = json.loads((tmp_path / "merged-lora.json").read_text())
     assert result["merge_graphs"] == 1
     assert result["merged_vs_lora_layers"] < 1e-4  # float32 on the CPU; FP8 re-quantization is the GPU's figure
+    assert result["merged_image_vs_lora_layers"]["psnr_db"] > 60 > result["no_adapter_image_vs_lora_layers"]["psnr_db"]
     assert [swap["graphs"] for swap in result["swaps"]] == [0] * 4
     assert all(swap["step_change"] > 0 for swap in result["swaps"])  # a swap not written into the weights reads 0
