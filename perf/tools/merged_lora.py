@@ -36,8 +36,9 @@ from perf.run.quality import fidelity
 from perf.run.swap_probe import capture_first_step, lora_modules, step_output
 from perf.run.watchers import RecompileWatcher
 from perf.spec.profiles import resolve_profile
-from perf.spec.recipes import get_recipe
+from perf.spec.recipes import RECIPES, get_recipe
 from perf.spec.run_spec import add_run_options, resolve_run
+from perf.spec.validate import positive_int
 
 
 class Merged:
@@ -83,7 +84,7 @@ def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
     weight.scale.copy_(fresh.scale)
 
 
-def image_seconds(built: BuiltPipeline, images: int) -> tuple[list[float], np.ndarray]:
+def timed_images(built: BuiltPipeline, images: int) -> tuple[list[float], np.ndarray]:
     """Each of ``images`` generations' seconds, and the last image."""
     made = [timed(built.generate, built.device_type) for _ in range(images)]
     return [seconds for seconds, _ in made], made[-1][1]
@@ -107,7 +108,7 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
     with capture_first_step(built.pipe.transformer) as captured:
         built.generate()  # warm-up: the compile
     inputs = captured[0]
-    seconds, with_lora_image = image_seconds(built, images)
+    seconds, with_lora_image = timed_images(built, images)
     save(lora_layers_s=seconds)
     with_lora = step_output(built.pipe, inputs)
     merged = Merged(built.pipe.transformer)
@@ -118,7 +119,7 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
         took, _ = timed(merged.write, built.device_type)
         step = step_output(built.pipe, inputs)
     effect = float((with_lora - without_lora).norm())
-    seconds, merged_image = image_seconds(built, images)
+    seconds, merged_image = timed_images(built, images)
     # the image with the adapter merged, and with no adapter at all, against the LoRA layers' image: how much of
     # the adapter's effect on the image the merge (FP8 re-quantization on an FP8 row) keeps
     save(lora_layers=len(merged.layers), merge_s=took, merge_graphs=merging.count,
@@ -130,7 +131,7 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
         with RecompileWatcher() as swapping:
             load, _ = timed(lambda a=adapter: built.load_adapter(a), built.device_type)
             write, _ = timed(merged.write, built.device_type)
-            seconds = image_seconds(built, 1)[0][0]
+            seconds = timed_images(built, 1)[0][0]
             before, step = step, step_output(built.pipe, inputs)
         # a swap that wrote nothing reads 0 here: the step changes by about an adapter's effect
         swaps.append({"adapter": adapter.name, "load_s": load, "merge_s": write, "image_s": seconds,
@@ -141,8 +142,10 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.tools.merged_lora", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True, help="a compiled hot-swap recipe to build on this device")
-    parser.add_argument("--images", type=int, default=3, help="images timed with the LoRA layers and merged")
+    parser.add_argument("--recipe", required=True, choices=list(RECIPES), metavar="RECIPE",
+                        help="a compiled hot-swap recipe to build on this device")
+    parser.add_argument("--images", type=positive_int, default=3,
+                        help="images timed with the LoRA layers and merged (default: 3)")
     parser.add_argument("--out", type=Path, default=Path(".results/merged-lora"), help="folder for merged-lora.json")
     add_run_options(parser.add_argument)
     args = parser.parse_args(argv)

@@ -4,6 +4,8 @@ LoRA path once, and every later swap writes the new adapter into the weights wit
 
 import json
 
+import pytest
+
 from perf.tools.merged_lora import main
 
 
@@ -16,3 +18,15 @@ def test_a_merged_row_swaps_without_compiling_and_serves_what_the_lora_layers_se
     assert result["merged_image_vs_lora_layers"]["psnr_db"] > 60 > result["no_adapter_image_vs_lora_layers"]["psnr_db"]
     assert [swap["graphs"] for swap in result["swaps"]] == [0] * 4
     assert all(swap["step_change"] > 0 for swap in result["swaps"])  # a swap not written into the weights reads 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--recipe", "nope"], "invalid choice: 'nope'"),
+    (["--recipe", "baseline"], "compiled hot-swap recipes only"),
+    (["--recipe", "no_fa3_fp8", "--images", "0"], "--images: 0 is not positive"),
+])
+def test_a_mistyped_option_is_one_usage_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert says in capsys.readouterr().err
