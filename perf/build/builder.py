@@ -119,11 +119,16 @@ class BuiltPipeline:
         return self.pipe(prompt=prompt, generator=generator, output_type="np", **kwargs).images
 
 
+def image_tokens(pipe, height: int, width: int) -> int:
+    """The image's tokens in the transformer: its latents (the VAE's scale) packed into 2x2 patches."""
+    patch = pipe.vae_scale_factor * 2
+    return (height // patch) * (width // patch)
+
+
 def attention_shape(pipe, settings: GenerationSettings) -> tuple[int, int, int, int]:
     """(batch, tokens, heads, head_dim) of the transformer's joint attention at these settings."""
     cfg = pipe.transformer.config
-    patch = pipe.vae_scale_factor * 2
-    tokens = (settings.height // patch) * (settings.width // patch) + settings.max_sequence_length
+    tokens = image_tokens(pipe, settings.height, settings.width) + settings.max_sequence_length
     return (1, tokens, cfg.num_attention_heads, cfg.attention_head_dim)
 
 

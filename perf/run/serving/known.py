@@ -43,21 +43,40 @@ KNOWN_RECOMPILES = {
                                 "the default shape's too (the mode starts from torch.compiler.reset()); portrait and "
                                 "landscape share one: the transformer sees packed latents, the same number of tokens"),
     "resolutions_dynamic": Known(1, "dynamic=True compiles one graph with symbolic sizes from the first shape on "
-                                 "(the mode starts from torch.compiler.reset()); every other shape reuses it"),
+                                 "(the mode starts from torch.compiler.reset()); every other shape reuses it "
+                                 "(unless the first shape's image tokens equal another input size: ``duck_shaped``)"),
     "named": Known(1, "per named adapter switched to for the first time: set_adapters makes that adapter's LoRA "
                    "modules the active ones (other parameters, their requires_grad turned on), which fails the "
                    "compiled graph's guards; a switch back to an adapter already switched to reuses its graph"),
 }
 
 
-def documented(scenario: str, recipe: Recipe, held: int) -> Known:
+def duck_shaped(known: Known, tokens: int, shared: tuple[str, ...]) -> Known:
+    """``known`` where every size starts symbolic (``dynamic=True``) and the first request's ``tokens`` equal the
+    graph's other input sizes named in ``shared``. Dynamo's duck shaping gives equal sizes one symbol; a size a
+    weight fixes (T5's width, at the context embedder) specializes it, and the tokens with it: the first graph is
+    static in its tokens, and the first shape of another token count compiles one graph more. FLUX.1-dev's 1024²
+    has 4096 tokens, T5's width. Measured on the CPU's tiny model: 2 graphs where its first shape's tokens equal
+    its T5 width (64), its text tokens or pooled width (32), 1 where they equal none, and 1 with
+    ``torch.fx.experimental._config.use_duck_shape=False``. On the H200 ``optimized_fullgraph_defaults`` compiled
+    the second graph at 768x1344 (2026-11-30)."""
+    if not shared:
+        return known
+    return Known(known.count + 1, f"{known.why}; but the first shape's {tokens} image tokens equal "
+                 f"{' and '.join(shared)}: duck shaping gives them one symbol, fixed by the weights, so the first "
+                 "graph is static in its tokens and the first shape of another token count compiles a second "
+                 "(torch.fx.experimental._config.use_duck_shape=False avoids it)")
+
+
+def documented(scenario: str, recipe: Recipe, held: int, tokens: int = 0, shared: tuple[str, ...] = ()) -> Known:
     """What ``scenario``'s first requests are documented to compile on ``recipe``, whose compiled transformer holds
     ``held`` graphs as built: ``KNOWN_RECOMPILES``' count on each of them, since each graph's guards fail alike.
     A full-graph compile holds one. A regional one holds a graph per repeated block class, and a second for the
     single-stream block where its first call's input has strides of its own: 3 on FLUX.1-dev's sizes (the H200's
     ``rtx4090_optimized``: batch 2 compiled 3), 2 on the CPU's tiny model (every scenario but ``scale`` compiled
-    twice the full-graph count there). A regional compile's own ``Known`` where the scenario has one."""
-    known = KNOWN_RECOMPILES[scenario]
+    twice the full-graph count there). A regional compile's own ``Known`` where the scenario has one. ``tokens``
+    and ``shared``: the first request's image tokens and the input sizes they equal (``duck_shaped``)."""
+    known = duck_shaped(KNOWN_RECOMPILES[scenario], tokens, shared)
     if recipe.compile != "regional":
         return known
     if known.regional is not None:

@@ -139,12 +139,15 @@ def activate(transformer: torch.nn.Module, adapter: str) -> None:
 
 def scenario_result(built: BuiltPipeline, scenario: str, requests: tuple[Request, ...], errors: dict | None = None,
                     controls: dict | None = None, probe_recompiles: int = 0, per_request: int = 1,
-                    detail: str | None = None, **figures) -> ServingResult:
+                    detail: str | None = None, tokens: int = 0, shared: tuple[str, ...] = (), **figures
+                    ) -> ServingResult:
     """The result, its documented count (``known.documented`` on the graphs the transformer holds as the scenario
     left it: as built) times ``per_request`` where the count is per request (``named``: per switch); ``detail``:
-    what the scenario measured beyond the count, for the finding; ``figures``: the scenario's own figures section
-    (``scale=ScaleFigures(...)``, ...)."""
-    known = documented(scenario, built.recipe, sum(graphs_by_forward(built.pipe.transformer).values()))
+    what the scenario measured beyond the count, for the finding; ``tokens``, ``shared``: the first request's image
+    tokens and the input sizes they equal where every size starts symbolic (``known.duck_shaped``); ``figures``: the
+    scenario's own figures section (``scale=ScaleFigures(...)``, ...)."""
+    known = documented(scenario, built.recipe, sum(graphs_by_forward(built.pipe.transformer).values()), tokens,
+                       shared)
     expected = known.count * per_request
     result = ServingResult(scenario, requests, errors or {}, controls or {}, probe_recompiles, expected, **figures)
     return replace(result, finding=finding(scenario, result.transformer_recompiles, known, expected, detail,
