@@ -73,6 +73,8 @@ class BuiltPipeline:
     current: LoraAdapter | None = None
     loads: int = 0
     facts: dict = field(default_factory=dict)
+    # the transformer's Linear weights as loaded, before FP8, by module name (only with ``keep_unquantized``)
+    unquantized: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def device_type(self) -> str:
@@ -179,8 +181,12 @@ def _offload_device(device: str) -> torch.device:
     return torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device(device)
 
 
-def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = None) -> BuiltPipeline:
-    """Build ``recipe`` for ``spec`` with ``first`` (default: the pool's first adapter) loaded."""
+def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = None,
+                   keep_unquantized: bool = False) -> BuiltPipeline:
+    """Build ``recipe`` for ``spec`` with ``first`` (default: the pool's first adapter) loaded. ``keep_unquantized``
+    keeps a copy of the transformer's Linear weights as loaded (``BuiltPipeline.unquantized``; 24 GB at FLUX.1-dev's
+    size), for writing an adapter into the weights: an FP8 weight dequantized and re-quantized with a delta loses a
+    weak adapter to rounding, one quantized from the loaded weight plus the delta keeps it."""
     started = time.perf_counter()
     source, active, cache, settings = spec.source, spec.active, spec.cache, spec.settings
     device = active.device.type
@@ -197,11 +203,13 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
     static_qk = qk_bound(pipe.transformer) if recipe.fp8_attention_qk == "static" else None
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings), static_qk)
     set_backend(pipe.transformer, attention.backend)
+    unquantized = {name: module.weight.detach().clone() for name, module in pipe.transformer.named_modules()
+                   if isinstance(module, torch.nn.Linear)} if keep_unquantized else {}
     if recipe.fp8:
         facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)
     if stage and not recipe.offload:
         pipe.to(device)
-    built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts)
+    built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts, unquantized=unquantized)
     if recipe.hotswap:
         pipe.enable_lora_hotswap(target_rank=built.spec.target_rank)
     built.load_adapter(first or spec.pool.adapters[0])

@@ -6,7 +6,11 @@ weights removes them, but a row must still swap adapters without recompiling. He
 diffusers loads it (``load_lora_weights(..., hotswap=True)`` into peft's LoRA layers), the layers are switched off
 in the forward (peft's ``enable_adapters(False)``: the graph runs the base weights alone), and each swap writes
 ``base + scaling * B @ A`` into the base weights in place, FP8 re-quantized with torchao's own ``from_hp`` where the
-row is FP8. The base is the weights before the first merge (on an FP8 row, dequantized: its FP8 rounding is kept).
+row is FP8. The base is the weights as loaded, before FP8 (``build_pipeline(keep_unquantized=True)``): merged onto
+the FP8 weights dequantized instead, a delta smaller than FP8's rounding step rounds back to the base weight. A CPU
+emulation of torchao's per-row e4m3 (a 3072x3072 weight, a rank-32 delta) kept 19% / 36% / 65% / 96% of a delta of
+0.5% / 1% / 2% / 5% of the weight that way, and all of it (projected on the delta) from the weight as loaded; the
+tool measures both on the device.
 
 Measured, before deciding whether it becomes a recipe field: image seconds with the LoRA layers and merged, graphs
 compiled by the merge (one: the forward without LoRA) and by each later swap (must be 0), a swap's seconds, and
@@ -42,22 +46,25 @@ from perf.spec.validate import positive_int
 
 
 class Merged:
-    """The base weights of every LoRA layer holding the hot-swap slot, and the write of the slot's adapter into
-    them. Kept on the weights' device: on the H200 the LoRA'd projections' bf16 base is about 23 GB."""
+    """The base weights of every LoRA layer holding the hot-swap slot (the weights as loaded, before FP8: on the
+    H200 the LoRA'd projections' bf16 weights are about 23 GB, kept on their device), and the write of the slot's
+    adapter into them."""
 
-    def __init__(self, transformer: torch.nn.Module):
+    def __init__(self, transformer: torch.nn.Module, unquantized: dict[str, torch.Tensor]):
         self.layers = lora_modules(transformer, HOTSWAP_ADAPTER)
-        self.base = {name: _dense(layer.base_layer.weight) for name, layer in self.layers.items()}
+        self.base = {name: unquantized[name] for name in self.layers}
 
-    def write(self) -> None:
+    def write(self, onto_weights: bool = False) -> None:
         """``base + scaling * B @ A`` of the slot's current adapter into each layer's weight, in place (the same
-        tensors the compiled graph reads), in float32 before the weight's own rounding."""
+        tensors the compiled graph reads), in float32 before the weight's own rounding. ``onto_weights``: onto the
+        layer's current weight instead (an FP8 weight dequantized), the merge that loses a weak adapter."""
         with torch.no_grad():
             for name, layer in self.layers.items():
                 a, b = layer.lora_A[HOTSWAP_ADAPTER].weight, layer.lora_B[HOTSWAP_ADAPTER].weight
                 scaling = layer.scaling[HOTSWAP_ADAPTER]
                 delta = (b.float() @ a.float()) * (scaling.float() if isinstance(scaling, torch.Tensor) else scaling)
-                _write(layer.base_layer.weight, self.base[name].float() + delta)
+                base = _dense(layer.base_layer.weight) if onto_weights else self.base[name]
+                _write(layer.base_layer.weight, base.float() + delta)
 
     def lora_in_forward(self, on: bool) -> None:
         """peft's switch for each layer's LoRA path: off, the graph computes the merged base weights alone."""
@@ -66,8 +73,8 @@ class Merged:
 
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
-    """The weight as a plain tensor (an FP8 weight dequantized), copied."""
-    return weight.dequantize() if hasattr(weight, "qdata") else weight.detach().clone()
+    """The weight as a plain tensor (an FP8 weight dequantized)."""
+    return weight.dequantize() if hasattr(weight, "qdata") else weight.detach()
 
 
 def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
@@ -111,20 +118,25 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
     seconds, with_lora_image = timed_images(built, images)
     save(lora_layers_s=seconds)
     with_lora = step_output(built.pipe, inputs)
-    merged = Merged(built.pipe.transformer)
+    merged = Merged(built.pipe.transformer, built.unquantized)
     with RecompileWatcher() as merging:  # the forward without the LoRA path: one graph
         merged.lora_in_forward(False)
         without_lora = step_output(built.pipe, inputs)
         no_adapter_image = built.generate()
+        merged.write(onto_weights=True)
+        onto_weights = step_output(built.pipe, inputs)
+        onto_weights_image = built.generate()
         took, _ = timed(merged.write, built.device_type)
         step = step_output(built.pipe, inputs)
     effect = float((with_lora - without_lora).norm())
     seconds, merged_image = timed_images(built, images)
-    # the image with the adapter merged, and with no adapter at all, against the LoRA layers' image: how much of
-    # the adapter's effect on the image the merge (FP8 re-quantization on an FP8 row) keeps
+    # each merge's step and image, and the image with no adapter at all, against the LoRA layers': how much of the
+    # adapter's effect each keeps (an FP8 row re-quantizes the merged weight)
     save(lora_layers=len(merged.layers), merge_s=took, merge_graphs=merging.count,
          merged_vs_lora_layers=float((step - with_lora).norm()) / effect, merged_s=seconds,
          merged_image_vs_lora_layers=against(merged_image, with_lora_image),
+         onto_weights_vs_lora_layers=float((onto_weights - with_lora).norm()) / effect,
+         onto_weights_image_vs_lora_layers=against(onto_weights_image, with_lora_image),
          no_adapter_image_vs_lora_layers=against(no_adapter_image, with_lora_image))
     swaps = []
     for adapter in [*built.spec.pool.adapters[1:], built.spec.pool.adapters[0]]:
@@ -156,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings_before = compile_settings.snapshot()
     started = time.perf_counter()
     try:
-        result = measure(build_pipeline(spec, recipe), args.images, args.out)
+        result = measure(build_pipeline(spec, recipe, keep_unquantized=True), args.images, args.out)
     finally:
         compile_settings.restore(settings_before)
     worst, merges = max(s["graphs"] for s in result["swaps"]), [s["merge_s"] for s in result["swaps"]]
@@ -164,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{statistics.median(result['merged_s']):.3f} s merged; the merge compiled {result['merge_graphs']} "
           f"graph(s), swaps at most {worst}; a swap's merge {statistics.median(merges):.3f} s; "
           f"merged step {result['merged_vs_lora_layers']:.4f} of the adapter's effect from the LoRA layers', "
-          f"image PSNR {result['merged_image_vs_lora_layers']['psnr_db']:.1f} dB against them (no adapter: "
+          f"image PSNR {result['merged_image_vs_lora_layers']['psnr_db']:.1f} dB against them (merged onto the "
+          f"weights: {result['onto_weights_vs_lora_layers']:.4f}, "
+          f"{result['onto_weights_image_vs_lora_layers']['psnr_db']:.1f} dB; no adapter: "
           f"{result['no_adapter_image_vs_lora_layers']['psnr_db']:.1f} dB) "
           f"({time.perf_counter() - started:.0f} s)")
     return 0
