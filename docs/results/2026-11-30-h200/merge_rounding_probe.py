@@ -1,9 +1,10 @@
 """How much of a LoRA delta an FP8 merge keeps, emulated on the CPU: ``python merge_rounding_probe.py``.
 
-torchao's per-row e4m3 (scale = row amax / 448, as ``Float8Tensor.from_hp`` with ``PerRow``) on a 3072x3072 weight
-of FLUX's init scale, a rank-32 delta of a given share of the weight's norm. Merged onto the FP8 weight dequantized,
-a delta below half of FP8's rounding step rounds back to the weight; merged onto the weight as loaded, the rounding
-is fresh noise around the merged weight. "Kept": the merged weight's change from the FP8 base, projected on the delta.
+torchao's per-row e4m3 (scale = row amax / 448, as ``Float8Tensor.from_hp`` with ``PerRow``) on a Gaussian weight
+(3072x3072; the shares are scale-free), a rank-32 delta of a given share of the weight's norm. Merged onto the FP8
+weight dequantized, a delta below half of FP8's rounding step rounds back to the weight; merged onto the weight as
+loaded, the rounding is fresh noise around the merged weight. "Kept": the merged weight's change from the FP8 base,
+projected on the delta.
 """
 
 import torch
