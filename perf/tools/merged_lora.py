@@ -10,7 +10,7 @@ row is FP8. The base is the weights as loaded, before FP8 (``build_pipeline(keep
 the FP8 weights dequantized instead, a delta smaller than FP8's rounding step rounds back to the base weight. A CPU
 emulation of torchao's per-row e4m3 (a 3072x3072 weight, a rank-32 delta) kept 19% / 36% / 65% / 96% of a delta of
 0.5% / 1% / 2% / 5% of the weight that way, and all of it (projected on the delta) from the weight as loaded; the
-tool measures both on the device.
+tool measures both on the device, at the pool's strength and at a real adapter's (``weak_adapter``).
 
 Measured, before deciding whether it becomes a recipe field: image seconds with the LoRA layers and merged, graphs
 compiled by the merge (one: the forward without LoRA) and by each later swap (must be 0), a swap's seconds, and
@@ -43,6 +43,8 @@ from perf.spec.profiles import resolve_profile
 from perf.spec.recipes import RECIPES, get_recipe
 from perf.spec.run_spec import add_run_options, resolve_run
 from perf.spec.validate import positive_int
+
+WEAK_SHARE = 0.0015  # of the pool's strength: a delta of about 1% of a default-initialized weight (``weak_adapter``)
 
 
 class Merged:
@@ -89,6 +91,39 @@ def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
                                  kernel_preference=weight.kernel_preference, act_quant_kwargs=weight.act_quant_kwargs)
     weight.qdata.copy_(fresh.qdata)
     weight.scale.copy_(fresh.scale)
+
+
+def weak_adapter(built: BuiltPipeline, merged: Merged, inputs, without_lora: torch.Tensor, share: float
+                 ) -> dict[str, float]:
+    """The adapter at ``share`` of its strength (the slot's scaling tensors scaled in place, as a per-request scale
+    is), and what each merge keeps of its effect on a step: the merged step's change from the step without the
+    adapter, projected on the LoRA layers' change. The suite's adapters move a random FLUX only at about 7x a
+    weight's size, where any merge keeps them; at 0.0015 of it a delta is about 1% of the weight, a real adapter's
+    size, where rounding onto the FP8 weights can lose it. Leaves the full adapter merged, as it found it."""
+    scalings = [layer.scaling[HOTSWAP_ADAPTER] for layer in merged.layers.values()]
+    full = [scaling.clone() for scaling in scalings]
+
+    def scale(by: float) -> None:
+        for scaling, value in zip(scalings, full, strict=True):
+            scaling.copy_(value * by)
+
+    def kept(step: torch.Tensor) -> float:
+        return float(((step - without_lora) * effect).sum() / (effect * effect).sum())
+
+    with torch.no_grad():
+        scale(0.0)
+        merged.write()  # the weights as the builder quantized them, the LoRA layers' base
+        scale(share)
+        merged.lora_in_forward(True)
+        effect = step_output(built.pipe, inputs) - without_lora
+        merged.lora_in_forward(False)
+        merged.write(onto_weights=True)
+        onto_weights = kept(step_output(built.pipe, inputs))
+        merged.write()
+        as_loaded = kept(step_output(built.pipe, inputs))
+        scale(1.0)
+        merged.write()
+    return {"share": share, "kept_merged_as_loaded": as_loaded, "kept_merged_onto_weights": onto_weights}
 
 
 def timed_images(built: BuiltPipeline, images: int) -> tuple[list[float], np.ndarray]:
@@ -138,6 +173,9 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
          onto_weights_vs_lora_layers=float((onto_weights - with_lora).norm()) / effect,
          onto_weights_image_vs_lora_layers=against(onto_weights_image, with_lora_image),
          no_adapter_image_vs_lora_layers=against(no_adapter_image, with_lora_image))
+    with RecompileWatcher() as weak:  # the LoRA layers' graph and the merged one, both compiled already
+        save(weak_adapter=weak_adapter(built, merged, inputs, without_lora, WEAK_SHARE))
+    save(weak_adapter_graphs=weak.count)
     swaps = []
     for adapter in [*built.spec.pool.adapters[1:], built.spec.pool.adapters[0]]:
         with RecompileWatcher() as swapping:
@@ -179,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"image PSNR {result['merged_image_vs_lora_layers']['psnr_db']:.1f} dB against them (merged onto the "
           f"weights: {result['onto_weights_vs_lora_layers']:.4f}, "
           f"{result['onto_weights_image_vs_lora_layers']['psnr_db']:.1f} dB; no adapter: "
-          f"{result['no_adapter_image_vs_lora_layers']['psnr_db']:.1f} dB) "
-          f"({time.perf_counter() - started:.0f} s)")
+          f"{result['no_adapter_image_vs_lora_layers']['psnr_db']:.1f} dB); at {WEAK_SHARE} of its strength "
+          f"the merge keeps {result['weak_adapter']['kept_merged_as_loaded']:.3f} of its effect, merged onto the "
+          f"weights {result['weak_adapter']['kept_merged_onto_weights']:.3f} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 

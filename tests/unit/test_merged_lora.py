@@ -20,6 +20,10 @@ def test_a_merged_row_swaps_without_compiling_and_serves_what_the_lora_layers_se
     assert result["merged_vs_lora_layers"] < 1e-4  # float32 on the CPU; FP8 re-quantization is the GPU's figure
     assert result["onto_weights_vs_lora_layers"] < 1e-4  # the same weights here: no FP8 rounding to lose it to
     assert result["merged_image_vs_lora_layers"]["psnr_db"] > 60 > result["no_adapter_image_vs_lora_layers"]["psnr_db"]
+    assert result["weak_adapter_graphs"] == 0
+    weak = result["weak_adapter"]  # float32: no rounding, both merges keep all of a weak adapter
+    assert weak["kept_merged_as_loaded"] == pytest.approx(1, abs=1e-3)
+    assert weak["kept_merged_onto_weights"] == pytest.approx(1, abs=1e-3)
     assert [swap["graphs"] for swap in result["swaps"]] == [0] * 4
     assert all(swap["step_change"] > 0 for swap in result["swaps"])  # a swap not written into the weights reads 0
 
