@@ -1,7 +1,8 @@
 """The one place a recipe is applied: ``build_pipeline(spec, recipe)``.
 
 Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
-first LoRA -> CPU offload -> compile (and the VAE decoder, where the recipe asks). Hot-swap must be enabled
+first LoRA (merged into the weights, where the recipe merges) -> CPU offload -> compile (and the VAE decoder, where
+the recipe asks). Hot-swap must be enabled
 before the first adapter is loaded and before the transformer is compiled, or the second adapter recompiles.
 
 Recipes made to fit a 24 GB card (offload or NF4 T5) are *staged*: loaded into CPU memory, T5 quantized at
@@ -20,6 +21,7 @@ import torch
 
 from perf.build import compat, compile_settings
 from perf.build.attention import AttentionChoice, choose_attention, qk_bound, set_backend
+from perf.build.merge import Merged
 from perf.spec.cache import build_once
 from perf.spec.loras import LoraAdapter, check_hotswap
 from perf.spec.models import SYNTHETIC_VERSION, ModelSource, load_pipeline
@@ -75,6 +77,7 @@ class BuiltPipeline:
     facts: dict = field(default_factory=dict)
     # the transformer's Linear weights as loaded, before FP8, by module name (only with ``keep_unquantized``)
     unquantized: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    merged: Merged | None = None  # the hot-swap slot merged into the weights (``Recipe.merge_lora``)
 
     @property
     def device_type(self) -> str:
@@ -107,6 +110,13 @@ class BuiltPipeline:
             pipe.set_adapters(name)
         self.current = adapter
         self.loads += 1
+        self.lora_written()
+
+    def lora_written(self) -> None:
+        """The hot-swap slot's state was written in place (a swap, a check's reference or control): on a row that
+        merges the adapter, into the weights too, so the next step serves it."""
+        if self.merged is not None:
+            self.merged.write()
 
     def generate(self, adapter: LoraAdapter | None = None) -> np.ndarray:
         """One full pipeline call (text encoding, denoising, VAE decode) -> HxWx3 float image in [0, 1]."""
@@ -204,15 +214,22 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
     attention = choose_attention(recipe.attention, device, attention_shape(pipe, settings), static_qk)
     set_backend(pipe.transformer, attention.backend)
     unquantized = {name: module.weight.detach().clone() for name, module in pipe.transformer.named_modules()
-                   if isinstance(module, torch.nn.Linear)} if keep_unquantized else {}
+                   if isinstance(module, torch.nn.Linear)} if keep_unquantized or recipe.merge_lora else {}
     if recipe.fp8:
         facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)
     if stage and not recipe.offload:
         pipe.to(device)
-    built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts, unquantized=unquantized)
+    built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts,
+                          unquantized=unquantized if keep_unquantized else {})
     if recipe.hotswap:
         pipe.enable_lora_hotswap(target_rank=built.spec.target_rank)
     built.load_adapter(first or spec.pool.adapters[0])
+    if recipe.merge_lora:
+        built.merged = Merged(pipe.transformer, unquantized, HOTSWAP_ADAPTER)
+        del unquantized  # what the merge does not keep (the Linears the slot does not reach) is freed here
+        built.merged.lora_in_forward(False)
+        built.lora_written()
+        facts["lora"] = f"merged into the weights of {len(built.merged.layers)} layers on every swap"
     if recipe.offload:
         pipe.enable_model_cpu_offload(device=_offload_device(device))
     if recipe.compiled:

@@ -105,6 +105,7 @@ class Applied:
     fp8: str | None = None
     compile: str | None = None
     vae: str | None = None
+    lora: str | None = None  # where the adapter acts, when not through peft's LoRA layers (merged into the weights)
     compile_settings: dict[str, bool | int | float | str] = field(default_factory=dict)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from perf.build.merge import lora_modules
 from perf.judge.record import SwapControls
 from perf.run.watchers import RecompileWatcher
 
@@ -108,13 +109,6 @@ def reference_step(pipe, inputs: StepInputs, adapter: str) -> StepReference:
 
 
 # --- the candidate's LoRA state, for the controls ---------------------------------------------------------------
-
-
-def lora_modules(transformer: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
-    """Every PEFT LoRA layer holding ``adapter``, by module name."""
-    from peft.tuners.lora import LoraLayer
-
-    return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
 def snapshot(modules: dict[str, torch.nn.Module], adapter: str, device: str | None = None) -> LoraState:
@@ -216,10 +210,13 @@ def same_numerics_reference(built, reference: StepReference, scale: float = 1.0,
     if scale != 1.0:
         for module in modules.values():
             _set_scaling(module, adapter, module.scaling[adapter] * scale)
+    built.lora_written()
     output = step_output(built.pipe, reference.inputs)
     zero_effect(modules, adapter)
+    built.lora_written()
     without = step_output(built.pipe, reference.inputs)
     restore(modules, adapter, own)
+    built.lora_written()
     return SameNumerics(output, without)
 
 
@@ -260,6 +257,7 @@ def run_controls(built, reference: StepReference, target) -> ControlResult:
         same = same_numerics_reference(built, reference)
 
         def measured() -> float:
+            built.lora_written()
             return same.error(step_output(built.pipe, reference.inputs))
 
         output = step_output(built.pipe, reference.inputs)
@@ -275,4 +273,5 @@ def run_controls(built, reference: StepReference, target) -> ControlResult:
         restore(modules, HOTSWAP_ADAPTER, previous)
         not_swapped = measured()
         restore(modules, HOTSWAP_ADAPTER, swapped)
+        built.lora_written()
     return ControlResult(same, correct, eager, scale, partial_error, not_swapped, watcher.count)

@@ -51,6 +51,9 @@ class Recipe:
     fp8_attention_qk: QkScales = "dynamic"
     offload: bool = False
     t5_nf4: bool = False
+    # the hot-swapped adapter merged into the weights on every swap, peft's LoRA path off in the forward
+    # (perf.build.merge): no LoRA matmuls, one adapter at its merged strength
+    merge_lora: bool = False
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
@@ -61,6 +64,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.fp8_attention_qk != "dynamic" and self.attention != "fa3_fp8":
             raise ValueError(f"{self.name}: fp8_attention_qk={self.fp8_attention_qk!r} needs attention='fa3_fp8'")
+        if self.merge_lora and not self.hotswap:
+            raise ValueError(f"{self.name}: merge_lora merges the hot-swap slot: it needs hotswap=True")
 
     @property
     def compiled(self) -> bool:
@@ -84,7 +89,7 @@ class Recipe:
     def eager_reference(self) -> Recipe:
         """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against."""
         return dataclasses.replace(
-            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False
+            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False, merge_lora=False
         )
 
 
@@ -200,6 +205,14 @@ RECIPES: dict[str, Recipe] = {
             note="optimized_fast_cudagraphs with q and k cast to e4m3 at one static scale, the bound their RMSNorm "
             "and rope guarantee (issue 25 lead 2): a pointwise cast Inductor can fuse into the rope kernel, no amax "
             "pass over q and k; v keeps its per-head amax. Opt-in until measured on a GPU",
+        ),
+        Recipe(
+            "optimized_fast_merged", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead", merge_lora=True,
+            opt_in=True,
+            note="optimized_fast_cudagraphs with the adapter merged into the FP8 weights on every swap (issue 25): "
+            "no LoRA matmuls in the step; the weights as loaded kept to merge onto (24 GB); serves one adapter at "
+            "its merged strength. Opt-in until measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

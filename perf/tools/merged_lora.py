@@ -1,24 +1,13 @@
 """A hot-swap row with the adapter merged into its weights: ``python -m perf.tools.merged_lora --recipe R --out DIR``.
 
-Issue 25's largest lead. On the H200 the LoRA layers of a hot-swap row cost 12.6 ms of a step's kernels (FP8
-blocks with and without LoRA, ``block_profile``): about 0.35 s of a 28-step image. Merging the adapter into the
-weights removes them, but a row must still swap adapters without recompiling. Here the adapter stays loaded as
-diffusers loads it (``load_lora_weights(..., hotswap=True)`` into peft's LoRA layers), the layers are switched off
-in the forward (peft's ``enable_adapters(False)``: the graph runs the base weights alone), and each swap writes
-``base + scaling * B @ A`` into the base weights in place, FP8 re-quantized with torchao's own ``from_hp`` where the
-row is FP8. The base is the weights as loaded, before FP8 (``build_pipeline(keep_unquantized=True)``): merged onto
-the FP8 weights dequantized instead, a delta smaller than FP8's rounding step rounds back to the base weight. A CPU
-emulation of torchao's per-row e4m3 (a 3072x3072 weight, a rank-32 delta) kept 19% / 36% / 65% / 96% of a delta of
-0.5% / 1% / 2% / 5% of the weight that way, and all of it (projected on the delta) from the weight as loaded; the
-tool measures both on the device, at the pool's strength and at a real adapter's (``weak_adapter``).
-
-Measured, before deciding whether it becomes a recipe field: image seconds with the LoRA layers and merged, graphs
-compiled by the merge (one: the forward without LoRA) and by each later swap (must be 0), a swap's seconds, and
-the merged step against the LoRA layers' step on the same inputs, in units of the adapter's effect, and the
-merged image's PSNR/SSIM against the LoRA layers' beside the image without the adapter's (what FP8
-re-quantization costs the adapter: emulated on the CPU, a random weight's per-row FP8 rounding moves a delta of 5%
-of the weight by about half its size, so the GPU's figure decides). Writes ``merged-lora.json`` as it goes; on a
-CPU it runs the tiny model.
+The merge of ``perf.build.merge`` measured on any compiled hot-swap recipe, before and apart from a
+``merge_lora`` row's own run: image seconds with the LoRA layers and merged, graphs compiled by the merge (one: the
+forward without the LoRA path) and by each later swap (must be 0), a swap's seconds, the merged step against the
+LoRA layers' step on the same inputs in units of the adapter's effect, the merged image's PSNR/SSIM against the
+LoRA layers' beside the image without the adapter's, and the same for a merge onto the FP8 weights dequantized
+(the merge that loses a weak adapter: a CPU emulation of per-row e4m3 kept 19% / 36% / 65% / 96% of a delta of
+0.5% / 1% / 2% / 5% of the weight that way, and all of it from the weights as loaded), at the pool's strength and
+at a real adapter's (``weak_adapter``). Writes ``merged-lora.json`` as it goes; on a CPU it runs the tiny model.
 """
 
 from __future__ import annotations
@@ -35,9 +24,10 @@ import torch
 
 from perf.build import compile_settings
 from perf.build.builder import HOTSWAP_ADAPTER, BuiltPipeline, build_pipeline
+from perf.build.merge import Merged
 from perf.run.measure import timed
 from perf.run.quality import fidelity
-from perf.run.swap_probe import capture_first_step, lora_modules, step_output
+from perf.run.swap_probe import capture_first_step, step_output
 from perf.run.watchers import RecompileWatcher
 from perf.spec.profiles import resolve_profile
 from perf.spec.recipes import RECIPES, get_recipe
@@ -45,52 +35,6 @@ from perf.spec.run_spec import add_run_options, resolve_run
 from perf.spec.validate import positive_int
 
 WEAK_SHARE = 0.0015  # of the pool's strength: a delta of about 1% of a default-initialized weight (``weak_adapter``)
-
-
-class Merged:
-    """The base weights of every LoRA layer holding the hot-swap slot (the weights as loaded, before FP8: on the
-    H200 the LoRA'd projections' bf16 weights are about 23 GB, kept on their device), and the write of the slot's
-    adapter into them."""
-
-    def __init__(self, transformer: torch.nn.Module, unquantized: dict[str, torch.Tensor]):
-        self.layers = lora_modules(transformer, HOTSWAP_ADAPTER)
-        self.base = {name: unquantized[name] for name in self.layers}
-
-    def write(self, onto_weights: bool = False) -> None:
-        """``base + scaling * B @ A`` of the slot's current adapter into each layer's weight, in place (the same
-        tensors the compiled graph reads), in float32 before the weight's own rounding. ``onto_weights``: onto the
-        layer's current weight instead (an FP8 weight dequantized), the merge that loses a weak adapter."""
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                a, b = layer.lora_A[HOTSWAP_ADAPTER].weight, layer.lora_B[HOTSWAP_ADAPTER].weight
-                scaling = layer.scaling[HOTSWAP_ADAPTER]
-                delta = (b.float() @ a.float()) * (scaling.float() if isinstance(scaling, torch.Tensor) else scaling)
-                base = _dense(layer.base_layer.weight) if onto_weights else self.base[name]
-                _write(layer.base_layer.weight, base.float() + delta)
-
-    def lora_in_forward(self, on: bool) -> None:
-        """peft's switch for each layer's LoRA path: off, the graph computes the merged base weights alone."""
-        for layer in self.layers.values():
-            layer.enable_adapters(on)
-
-
-def _dense(weight: torch.Tensor) -> torch.Tensor:
-    """The weight as a plain tensor (an FP8 weight dequantized)."""
-    return weight.dequantize() if hasattr(weight, "qdata") else weight.detach()
-
-
-def _write(weight: torch.Tensor, value: torch.Tensor) -> None:
-    """``value`` into ``weight`` in place: a plain weight copied in its dtype; torchao's FP8 weight quantized as
-    torchao quantizes it (``Float8Tensor.from_hp`` with the weight's own settings), its data and scales copied."""
-    if not hasattr(weight, "qdata"):
-        weight.copy_(value.to(weight.dtype))
-        return
-    from torchao.quantization import Float8Tensor, PerRow
-
-    fresh = Float8Tensor.from_hp(value.to(weight.dtype), weight.qdata.dtype, PerRow(), mm_config=weight.mm_config,
-                                 kernel_preference=weight.kernel_preference, act_quant_kwargs=weight.act_quant_kwargs)
-    weight.qdata.copy_(fresh.qdata)
-    weight.scale.copy_(fresh.scale)
 
 
 def weak_adapter(built: BuiltPipeline, merged: Merged, inputs, without_lora: torch.Tensor, share: float
@@ -153,7 +97,7 @@ def measure(built: BuiltPipeline, images: int, out: Path) -> dict:
     seconds, with_lora_image = timed_images(built, images)
     save(lora_layers_s=seconds)
     with_lora = step_output(built.pipe, inputs)
-    merged = Merged(built.pipe.transformer, built.unquantized)
+    merged = Merged(built.pipe.transformer, built.unquantized, HOTSWAP_ADAPTER)
     with RecompileWatcher() as merging:  # the forward without the LoRA path: one graph
         merged.lora_in_forward(False)
         without_lora = step_output(built.pipe, inputs)

@@ -51,7 +51,13 @@ def serve_scenario(scenario: str, built: BuiltPipeline, progress: Callable[[str]
     """``scenario`` run on ``built``; an error the libraries raise ends it as a failed result (the error's first
     line and the versions, as its finding, with the reason where ``KNOWN_FAILURES`` documents it; the traceback's
     end goes to ``progress``), recorded once and never run again by the next test that asks: on a GPU a scenario
-    compiles for minutes. An interrupt still ends the run."""
+    compiles for minutes. An interrupt still ends the run. A scenario the recipe's kind cannot serve by design
+    (``KnownFailure.served`` False) is not run: its result is that failure, with the reason."""
+    known = expects_failure(scenario, built.recipe)
+    if known is not None and not known.served:
+        error = f"{known.error}: {built.recipe.name} does not serve {scenario}"
+        return ServingResult(scenario, (), failure=error,
+                             finding=f"{scenario}: {error}: {known.why} [{stack_versions()}]")
     try:
         return SCENARIOS[scenario](built, **inputs)
     except Exception as exc:  # any library error is the scenario's outcome: recorded and reported, not a crash

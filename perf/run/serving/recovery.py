@@ -65,6 +65,7 @@ def recover(built: BuiltPipeline, before: AsBuilt) -> str | None:
         for module in modules.values():
             module.scaling[HOTSWAP_ADAPTER] = torch.zeros((), device=module.lora_A[HOTSWAP_ADAPTER].weight.device)
         restore(modules, HOTSWAP_ADAPTER, before.state)
+        built.lora_written()
         built.current = before.current
         built.generate()
     except Exception as exc:  # the pipeline stays unusable: said once, in each later scenario's result
