@@ -34,7 +34,8 @@ class Merged:
     def __init__(self, transformer: torch.nn.Module, unquantized: dict[str, torch.Tensor], adapter: str):
         self.adapter = adapter
         self.layers = lora_modules(transformer, adapter)
-        self.base = {name: unquantized[name] for name in self.layers}
+        # on the weight's device (a staged build keeps the copy where it loaded: the CPU)
+        self.base = {name: unquantized[name].to(layer.base_layer.weight.device) for name, layer in self.layers.items()}
         self.bias = {name: layer.base_layer.bias.detach().clone() for name, layer in self.layers.items()
                      if layer.base_layer.bias is not None}
 
