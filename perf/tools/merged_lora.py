@@ -146,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = get_recipe(args.recipe)
     if not (recipe.hotswap and recipe.compiled):
         parser.error(f"--recipe {recipe.name}: merging on swap is measured on compiled hot-swap recipes only")
+    if recipe.merge_lora:
+        parser.error(f"--recipe {recipe.name}: the row merges already (its LoRA layers never act); give the row it "
+                     "builds on, e.g. optimized_fast_cudagraphs")
     spec = resolve_run(resolve_profile(None), args.model, args.lora, args.max_rank, args.perf_cache)
     settings_before = compile_settings.snapshot()
     started = time.perf_counter()

@@ -33,6 +33,7 @@ def test_a_merged_row_swaps_without_compiling_and_serves_what_the_lora_layers_se
 @pytest.mark.parametrize("argv, says", [
     (["--recipe", "nope"], "invalid choice: 'nope'"),
     (["--recipe", "baseline"], "compiled hot-swap recipes only"),
+    (["--recipe", "optimized_fast_merged"], "the row merges already"),
     (["--recipe", "no_fa3_fp8", "--images", "0"], "--images: 0 is not positive"),
 ])
 def test_a_mistyped_option_is_one_usage_line(argv, says, capsys):
