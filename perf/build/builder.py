@@ -217,6 +217,7 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
                    if isinstance(module, torch.nn.Linear)} if keep_unquantized or recipe.merge_lora else {}
     if recipe.fp8:
         facts["fp8"] = quantize_fp8(pipe.transformer, device if stage else None, recipe.torchao_inductor_config)
+    compile_settings.apply(recipe.inductor)  # after torchao's; the case restores the process's on release
     if stage and not recipe.offload:
         pipe.to(device)
     built = BuiltPipeline(pipe, recipe, spec, attention, facts=facts,
@@ -242,6 +243,6 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
         facts["compile"] = f"{recipe.compile} fullgraph={fullgraph} mode={recipe.compile_mode or 'default'}"
     if recipe.compile_vae:
         facts["vae"] = compile_vae_decoder(pipe.vae)
-    facts["compile_settings"] = compile_settings.in_effect()  # torchao's quantize_ may have changed them
+    facts["compile_settings"] = compile_settings.in_effect(name for name, _ in recipe.inductor)  # torchao's too
     built.build_seconds = time.perf_counter() - started
     return built

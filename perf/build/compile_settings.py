@@ -5,10 +5,13 @@ Inductor's coordinate-descent tuning (all directions) and sets the float32 matmu
 whole process. In one pytest session every recipe built after an FP8 one would then compile and run under
 them, and compile times and latencies would depend on the order of the recipes. The suite snapshots the
 settings before a recipe is built, restores them once it is done, and records those its compile ran under.
+A recipe may set Inductor options of its own (``Recipe.inductor``): applied by the builder after torchao's, kept
+to that recipe the same way, and recorded beside them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +36,19 @@ def restore(saved: CompileSettings) -> None:
     torch.set_float32_matmul_precision(saved.float32_matmul_precision)
 
 
-def in_effect() -> dict:
-    """The settings a compile would run under now, for the record."""
+def apply(options: Iterable[tuple[str, bool | int]]) -> None:
+    """Set Inductor options by their dotted names (``triton.multi_kernel``); an unknown name raises."""
+    known = inductor_config.get_config_copy()
+    for name, value in options:
+        if name not in known:
+            raise ValueError(f"torch._inductor.config has no option {name!r}")
+        inductor_config.load_config({name: value})
+
+
+def in_effect(extra: Iterable[str] = ()) -> dict:
+    """The settings a compile would run under now, for the record: torchao's, and ``extra`` (a recipe's own)."""
+    config = inductor_config.get_config_copy()
     return {
-        **{name: getattr(inductor_config, name) for name in RECORDED},
+        **{name: config[name] for name in (*RECORDED, *extra)},
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }

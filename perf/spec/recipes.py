@@ -54,6 +54,10 @@ class Recipe:
     # the hot-swapped adapter merged into the weights on every swap, peft's LoRA path off in the forward
     # (perf.build.merge): no LoRA matmuls, one adapter at its merged strength
     merge_lora: bool = False
+    # Inductor options of the recipe's own, by dotted name, set after torchao's and kept to the recipe
+    # (perf.build.compile_settings): ("triton.multi_kernel", 1) lets Inductor benchmark a persistent (one-pass)
+    # reduction against the looped one for rows longer than 1024, such as the FP8 amax over a GELU output's 15360
+    inductor: tuple[tuple[str, bool | int], ...] = ()
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
@@ -66,6 +70,8 @@ class Recipe:
             raise ValueError(f"{self.name}: fp8_attention_qk={self.fp8_attention_qk!r} needs attention='fa3_fp8'")
         if self.merge_lora and not self.hotswap:
             raise ValueError(f"{self.name}: merge_lora merges the hot-swap slot: it needs hotswap=True")
+        if self.inductor and not self.compiled:
+            raise ValueError(f"{self.name}: inductor options need a compiled recipe")
 
     @property
     def compiled(self) -> bool:
@@ -89,7 +95,8 @@ class Recipe:
     def eager_reference(self) -> Recipe:
         """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against."""
         return dataclasses.replace(
-            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False, merge_lora=False
+            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False, merge_lora=False,
+            inductor=(),
         )
 
 
@@ -212,7 +219,16 @@ RECIPES: dict[str, Recipe] = {
             opt_in=True,
             note="optimized_fast_cudagraphs with the adapter merged into the FP8 weights on every swap (issue 25): "
             "no LoRA matmuls in the step; the weights as loaded kept to merge onto (24 GB); serves one adapter at "
-            "its merged strength. Opt-in until measured on a GPU",
+            "its merged strength. Opt-in: another serving mode (22 GB more, scale/two/named not served)",
+        ),
+        Recipe(
+            "optimized_fast_merged_multi_kernel", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead", merge_lora=True,
+            inductor=(("triton.multi_kernel", 1),), opt_in=True,
+            note="optimized_fast_merged with Inductor's multi-kernel reductions (issue 25): the FP8 activation "
+            "amax over rows of 3072-15360 runs as a looped reduction and a second pass that recomputes and casts "
+            "(8.8 ms a step for the single blocks' GELU output alone, at about a third of the H200's bandwidth); "
+            "multi_kernel benchmarks a one-pass persistent kernel against it. Opt-in until measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

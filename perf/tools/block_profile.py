@@ -6,7 +6,9 @@ double-stream and one single-stream block run, how Inductor fused the FP8 activa
 what a compile mode changes. Each block has FLUX.1-dev's width, seeded random weights, and a LoRA on every Linear
 (peft, the rank of the hot-swap slots), as a hot-swap row runs them; FP8 is the builder's own ``quantize_fp8``.
 
-Variants are ``NUMERICS[@MODE]``: ``bf16`` or ``fp8``, and a ``torch.compile`` mode (``fp8@max-autotune``).
+Variants are ``NUMERICS[@MODE][+OPTION=VALUE...]``: ``bf16`` or ``fp8``, a ``torch.compile`` mode
+(``fp8@max-autotune``), and Inductor options a recipe could set (``Recipe.inductor``), kept to the variant:
+``fp8+triton.multi_kernel=1`` screens a setting on two blocks before a whole row is built with it.
 Writes ``block-profile.json`` after each variant (a job cut off keeps what it measured); on a CPU it runs at the
 tiny model's width, which is how CI checks it.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from perf.build import compile_settings
 from perf.build.builder import quantize_fp8
 from perf.run.measure import time_rounds
 from perf.tools.profile_step import category, kernel_times
@@ -68,12 +71,40 @@ def block_inputs(size: dict, device: str) -> dict:
     }
 
 
+def parse_variant(variant: str) -> tuple[str, str | None, tuple[tuple[str, bool | int], ...]]:
+    """``fp8@reduce-overhead+triton.multi_kernel=1`` -> ("fp8", "reduce-overhead", (("triton.multi_kernel", 1),))."""
+    head, *options = variant.split("+")
+    numerics, _, mode = head.partition("@")
+    if numerics not in ("bf16", "fp8"):
+        raise ValueError(f"variant {variant!r}: numerics must be bf16 or fp8")
+
+    def value(text: str) -> bool | int:
+        return text.lower() == "true" if text.lower() in ("true", "false") else int(text)
+
+    parsed = []
+    for option in options:
+        name, sep, text = option.partition("=")
+        if not sep:
+            raise ValueError(f"variant {variant!r}: {option!r} is not OPTION=VALUE")
+        parsed.append((name, value(text)))
+    return numerics, mode or None, tuple(parsed)
+
+
 def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str, repeats: int) -> dict:
-    numerics, _, mode = variant.partition("@")
+    numerics, mode, options = parse_variant(variant)
+    saved = compile_settings.snapshot()
+    try:
+        compile_settings.apply(options)
+        return _profile(kind, numerics, mode, size, rank, device, repeats)
+    finally:
+        compile_settings.restore(saved)
+
+
+def _profile(kind: str, numerics: str, mode: str | None, size: dict, rank: int, device: str, repeats: int) -> dict:
     torch.compiler.reset()
     eager = make_block(kind, numerics, size, rank, device)
     lora_layers = sum(1 for name, _ in eager.named_modules() if name.endswith(".lora_A"))
-    block = torch.compile(eager, fullgraph=True, mode=mode or None)
+    block = torch.compile(eager, fullgraph=True, mode=mode)
     inputs = block_inputs(size, device)
     with torch.inference_mode():
         compile_s = time_rounds(lambda: block(**inputs), None, 1, device)[0]
@@ -94,7 +125,8 @@ def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.tools.block_profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="bf16,fp8", help="NUMERICS[@MODE],... (default: bf16,fp8)")
+    parser.add_argument("--variants", default="bf16,fp8",
+                        help="NUMERICS[@MODE][+OPTION=VALUE...],... (default: bf16,fp8)")
     parser.add_argument("--rank", type=int, default=64,
                         help="LoRA rank on every Linear (default: 64; 0: no LoRA, as if merged)")
     parser.add_argument("--repeats", type=int, default=30)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from perf.tools.block_profile import main
+from perf.tools.block_profile import main, parse_variant
 
 
 @pytest.mark.parametrize("rank", [4, 0])
@@ -20,3 +20,36 @@ def test_each_block_and_variant_is_profiled_and_written(tmp_path, rank):
         assert row["kernel_ms"] > 0
         assert row["kernels_ms"]
         assert (row["lora_layers"] > 0) == (rank > 0), row["lora_layers"]
+
+
+def test_a_variants_inductor_options_hold_for_its_compile_alone(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    seen = []
+
+    def profile(*args):
+        seen.append(inductor_config.triton.multi_kernel)
+        return {"kernel_ms": 1.0, "wall_ms": 1.0, "first_call_s": 0.0, "by_category_ms": {}}
+
+    monkeypatch.setattr("perf.tools.block_profile._profile", profile)
+    assert main(["--variants", "fp8+triton.multi_kernel=1,fp8", "--out", str(tmp_path)]) == 0
+    assert seen == [1, 0, 1, 0]  # double, then single
+    assert inductor_config.triton.multi_kernel == 0
+    assert set(json.loads((tmp_path / "block-profile.json").read_text())["blocks"]) == {
+        "double/fp8+triton.multi_kernel=1", "double/fp8", "single/fp8+triton.multi_kernel=1", "single/fp8"}
+
+
+@pytest.mark.parametrize(("variant", "parsed"), [
+    ("fp8", ("fp8", None, ())),
+    ("bf16@max-autotune", ("bf16", "max-autotune", ())),
+    ("fp8@reduce-overhead+triton.multi_kernel=1+coordinate_descent_tuning=true",
+     ("fp8", "reduce-overhead", (("triton.multi_kernel", 1), ("coordinate_descent_tuning", True)))),
+])
+def test_variants_name_numerics_mode_and_options(variant, parsed):
+    assert parse_variant(variant) == parsed
+
+
+@pytest.mark.parametrize("variant", ["fp16", "fp8+triton.multi_kernel"])
+def test_a_malformed_variant_is_refused_by_name(variant):
+    with pytest.raises(ValueError, match="variant"):
+        parse_variant(variant)

@@ -252,6 +252,26 @@ def test_compile_settings_a_build_changes_stay_with_its_recipe(open_tiny_case, m
     follower.release()
 
 
+def test_a_recipes_own_inductor_options_are_in_effect_recorded_and_undone(tiny_spec):
+    """``Recipe.inductor`` (issue 25's multi-kernel row): set for the recipe's build and compile, in its record,
+    and the process's own again once its case is released."""
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.triton.multi_kernel == 0
+    recipe = dataclasses.replace(get_recipe("no_fa3_fp8"), inductor=(("triton.multi_kernel", 1),))
+    case = open_case(tiny_spec, recipe, progress=quiet)
+    assert inductor_config.triton.multi_kernel == 1
+    assert case.record.applied.compile_settings["triton.multi_kernel"] == 1
+    case.release()
+    assert inductor_config.triton.multi_kernel == 0
+
+
+def test_an_inductor_option_torch_does_not_have_fails_the_build_by_name(tiny_spec):
+    recipe = dataclasses.replace(get_recipe("no_fa3_fp8"), inductor=(("triton.multi_kernal", 1),))
+    with pytest.raises(ValueError, match=r"no option 'triton\.multi_kernal'"):
+        open_case(tiny_spec, recipe, progress=quiet)
+
+
 def test_a_recipe_decides_whether_torchao_sets_inductor_options(tiny_spec,
                                                                  monkeypatch):
     """The seed's rows quantize with torchao's Inductor settings; ``optimized_fullgraph_defaults`` (and the CUDA
