@@ -247,7 +247,20 @@ def compare_latency(recipe: str, baseline: RunRecord, candidate: RunRecord, thre
     low, high = (float(x) for x in interval)
     b, c = float(np.median(base)), float(np.median(cand))
     reason = f"{confidence:.0%} interval vs 1 +/- {threshold:.1%}; {len(base)}/{len(cand)} samples"
-    return Verdict(recipe, metric, outcome, b, c, c / b, (low, high), reason)
+    return Verdict(recipe, metric, outcome, b, c, c / b, (low, high), reason + rounds_note(baseline, candidate))
+
+
+def rounds_note(baseline: RunRecord, candidate: RunRecord) -> str:
+    """What the timed rounds ran on, where it differs or is known: the adapters they served (on a power-capped GPU
+    an adapter's data sets the clock, 10.5% apart between the pool's adapters on the H200) and the GPU's median SM
+    clock after them. Reported, not gated: it says whether a change is the code's or the machine's."""
+    base, cand = baseline.latency, candidate.latency
+    note = ""
+    if base.adapters and cand.adapters and base.adapters != cand.adapters:
+        note += f"; rounds served {','.join(base.adapters)} -> {','.join(cand.adapters)}"
+    if base.sm_clock_mhz and cand.sm_clock_mhz:
+        note += f"; SM clock {np.median(base.sm_clock_mhz):.0f} -> {np.median(cand.sm_clock_mhz):.0f} MHz"
+    return note
 
 
 def compare_value(recipe: str, metric: str, base: float | None, cand: float | None, threshold: float,

@@ -159,19 +159,34 @@ class Latency:
     timer: Literal["pytest-benchmark", "suite"] | None = None  # None: not timed
     # the process's CPU seconds of the same calls (perf.run.measure.cpu_timed): reported beside the wall time
     cpu_samples_s: tuple[Seconds, ...] = ()
+    # per round: the adapter it served (hot-swap rows rotate through the pool), and the GPU's SM clock and power
+    # read right after it, untimed (empty off CUDA or where nvidia-smi cannot be read). On the H200 these rows run
+    # at the power cap, where the adapter's data sets the clock: a sample's seconds follow its clock
+    adapters: tuple[str, ...] = ()
+    sm_clock_mhz: tuple[float, ...] = ()
+    power_w: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rounds != len(self.samples_s):
             raise ValueError(f"rounds is {self.rounds} but there are {len(self.samples_s)} samples")
+        for name in ("adapters", "sm_clock_mhz", "power_w"):
+            if len(getattr(self, name)) not in (0, self.rounds):
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {self.rounds} rounds")
 
     @classmethod
     def of(cls, samples: list[float], timer: Literal["pytest-benchmark", "suite"] | None = None,
-           cpu_samples: list[float] = ()) -> Latency:
+           cpu_samples: list[float] = (), adapters: list[str] = (), gpu: list[dict[str, float]] = ()) -> Latency:
+        """``gpu``: ``perf.run.measure.gpu_state`` after each round; kept only when every round has one."""
         import statistics
+
+        def per_round(key: str) -> tuple[float, ...]:
+            readings = [state.get(key) for state in gpu]
+            return tuple(readings) if len(readings) == len(samples) and None not in readings else ()
 
         return cls(tuple(round(s, 6) for s in samples), len(samples),
                    statistics.median(samples) if samples else None, statistics.fmean(samples) if samples else None,
-                   min(samples) if samples else None, timer, tuple(round(s, 6) for s in cpu_samples))
+                   min(samples) if samples else None, timer, tuple(round(s, 6) for s in cpu_samples),
+                   tuple(adapters), per_round("sm_clock_mhz"), per_round("power_w"))
 
     @property
     def median(self) -> float | None:

@@ -40,7 +40,16 @@ from perf.judge.tolerances import EFFECT_TOLERANCE
 from perf.run.checks import image_diff
 from perf.run.churn import ChurnResult, run_churn
 from perf.run.cold_start import ColdStart
-from perf.run.measure import cpu_timed, free_memory, in_use_gib, read_peak, reset_peak, synchronize, time_rounds
+from perf.run.measure import (
+    cpu_timed,
+    free_memory,
+    gpu_state,
+    in_use_gib,
+    read_peak,
+    reset_peak,
+    synchronize,
+    time_rounds,
+)
 from perf.run.quality import ClipScorer, QualityResult, assess_images, check_quality, summarize, tolerance_for
 from perf.run.recording import failure_record, make_record
 from perf.run.scenario import ScenarioResult, run_scenario
@@ -226,15 +235,22 @@ class Case:
         """Time ``rounds`` full pipeline calls after warm-up with pytest-benchmark's fixture as the timer
         (``benchmark.pedantic``), or, where it is off (it turns itself off under pytest-xdist), the suite's own
         timer over the same rounds. Hot-swap recipes swap to the next adapter before every timed round
-        (untimed), so the timing also proves a swap costs no recompile; others keep their adapter. Returns what
-        compiled (and which CUDA graphs were recorded) while timing."""
+        (untimed), so the timing also proves a swap costs no recompile; others keep their adapter. The record
+        keeps each round's adapter and the GPU's clock and power after it (``Latency``). Returns what compiled
+        (and which CUDA graphs were recorded) while timing."""
         built = self.built
         device = built.device_type
         rotation = itertools.cycle(built.spec.pool.adapters)
+        served: list[str] = []
+        gpu: list[dict[str, float]] = []  # the GPU's clock and power after each round, read untimed
 
-        def next_adapter() -> None:
-            built.load_adapter(next(rotation))
-            synchronize(device)
+        def before_round() -> None:
+            if served:
+                gpu.append(gpu_state(device))
+            if self.recipe.hotswap:
+                built.load_adapter(next(rotation))
+                synchronize(device)
+            served.append(built.current.name)
 
         active, measured = built.spec.active, self.measured
         benchmark.extra_info.update(
@@ -243,14 +259,15 @@ class Case:
             compile_warmup_s=self.scenario.warmup_seconds, versions=measured.versions,
             peak_memory=dataclasses.asdict(measured.peak_memory),
         )
-        setup = next_adapter if self.recipe.hotswap else None
         generate, cpu_seconds = cpu_timed(built.generate)  # CPU seconds beside the wall time (cpu profile)
         with RecompileWatcher() as watcher:
             if benchmark.disabled:
-                self.latency = Latency.of(time_rounds(generate, setup, rounds, device), "suite", cpu_seconds)
+                samples, timer = time_rounds(generate, before_round, rounds, device), "suite"
             else:
-                benchmark.pedantic(generate, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
-                self.latency = Latency.of(list(benchmark.stats.stats.data), "pytest-benchmark", cpu_seconds)
+                benchmark.pedantic(generate, setup=before_round, rounds=rounds, iterations=1, warmup_rounds=0)
+                samples, timer = list(benchmark.stats.stats.data), "pytest-benchmark"
+        gpu.append(gpu_state(device))
+        self.latency = Latency.of(samples, timer, cpu_seconds, served, gpu)
         return watcher
 
     def assess_quality(self, scorer: ClipScorer, stored: RunRecord | None, stored_dir: Path,

@@ -4,6 +4,7 @@ read; GPU peak memory comes from the caching allocator, CPU peak from the proces
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,3 +111,18 @@ def assert_no_leak(start_gib: float, device_type: str, slack_gib: float) -> floa
             "something still holds its pipeline or tensors"
         )
     return now
+
+
+def gpu_state(device_type: str) -> dict[str, float]:
+    """The GPU's SM clock (MHz), power (W) and temperature (C) now, from ``nvidia-smi`` for the device this process
+    runs on (by UUID: CUDA_VISIBLE_DEVICES renumbers devices); empty on a CPU or where it cannot be read."""
+    if device_type != "cuda":
+        return {}
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
+    query = ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
+             "--format=csv,noheader,nounits"]
+    try:
+        fields = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.split(",")
+        return dict(zip(("sm_clock_mhz", "power_w", "temperature_c"), map(float, fields), strict=True))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}

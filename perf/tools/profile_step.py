@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ import torch
 from perf.build import compile_settings
 from perf.build.builder import BuiltPipeline, attention_shape, build_pipeline
 from perf.judge.record import IDENTITY_FIELDS, to_data
-from perf.run.measure import synchronize, time_rounds, timed
+from perf.run.measure import gpu_state, synchronize, time_rounds, timed
 from perf.run.quality import fidelity
 from perf.run.recording import identity
 from perf.spec.profiles import resolve_profile
@@ -158,12 +157,11 @@ class AdapterImages:
 def per_adapter_images(built: BuiltPipeline, rounds: int) -> AdapterImages:
     """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), round-robin
     (each round swaps through the pool in order), the first adapter back in place afterwards; and every image in
-    the order served, with the GPU's clock, power and temperature after it (``gpu_state``). The suite's timed
-    rounds swap to the next adapter before each image, and their spread (5% on the H200's best row, against 0.3%
-    for one adapter's images) is the adapter, the swap or the time into the run: served one adapter after another,
-    the four adapters' images read 2.82, 2.95, 2.99 and 3.07 s, in the order served (H200, 2026-11-30). Round-robin,
-    an adapter's own cost shows as its rounds alike, and a drift in time (a clock falling as the GPU heats) as
-    every adapter's later rounds slower."""
+    the order served, with the GPU's clock, power and temperature after it (``gpu_state``). Round-robin, an
+    adapter's own cost shows as its rounds alike, and a drift in time (a clock falling as the GPU heats) as every
+    adapter's later rounds slower. On the H200 (2026-11-30) it was the adapter: the merged row's images were 0.4%
+    apart for one adapter and 10.5% between the pool's four, in the same order every round, at the GPU's power cap,
+    where the data multiplied sets the clock (1665-1725 against 1890-1920 MHz)."""
     device_type, measured = built.device_type, AdapterImages({}, [], {})
     for _ in range(rounds):
         for adapter in built.spec.pool.adapters:
@@ -190,21 +188,6 @@ def fidelity_against(images: dict[str, np.ndarray], reference: tuple[str, dict[s
     return {"against": name, "per_adapter": per_adapter,
             "worst_psnr": min((f["psnr"] for f in per_adapter.values()), default=None),
             "worst_ssim": min((f["ssim"] for f in per_adapter.values()), default=None)}
-
-
-def gpu_state(device_type: str) -> dict[str, float]:
-    """The GPU's SM clock (MHz), power (W) and temperature (C) now, from ``nvidia-smi`` for the device this process
-    runs on (by UUID: CUDA_VISIBLE_DEVICES renumbers devices); empty on a CPU or where it cannot be read."""
-    if device_type != "cuda":
-        return {}
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
-    query = ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
-             "--format=csv,noheader,nounits"]
-    try:
-        fields = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.split(",")
-        return dict(zip(("sm_clock_mhz", "power_w", "temperature_c"), map(float, fields), strict=True))
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return {}
 
 
 def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3,

@@ -118,6 +118,30 @@ def test_slower_run_regresses_and_faster_run_improves():
     assert verdicts_of(record(), record([s * 0.90 for s in BASE_SAMPLES]))["latency_median_s"] == "improved"
 
 
+def latency_reason(baseline: RunRecord, candidate: RunRecord) -> str:
+    (verdict,) = [v for v in compare_records({"optimized": baseline}, {"optimized": candidate})
+                  if v.metric == "latency_median_s"]
+    return verdict.reason
+
+
+def timed_on(adapters: list[str], clocks: list[float]) -> RunRecord:
+    latency = Latency.of(BASE_SAMPLES[:len(adapters)], "pytest-benchmark", adapters=adapters,
+                         gpu=[{"sm_clock_mhz": clock, "power_w": 690.0} for clock in clocks])
+    return record(BASE_SAMPLES[:len(adapters)], latency=latency)
+
+
+def test_the_latency_verdict_says_what_the_rounds_ran_on_where_it_is_known():
+    """The adapters served and the GPU's clock after each round (issue 25: at the H200's power cap an adapter's
+    data sets the clock): reported beside the verdict, which they do not change."""
+    same = ["peft_all", "kohya", "xlabs"]
+    assert "SM clock 1890 -> 1725 MHz" in latency_reason(timed_on(same, [1890, 1890, 1900]),
+                                                        timed_on(same, [1725, 1700, 1800]))
+    reason = latency_reason(timed_on(same, [1890] * 3), timed_on(["kohya", "xlabs", "peft_all"], [1890] * 3))
+    assert "rounds served peft_all,kohya,xlabs -> kohya,xlabs,peft_all" in reason
+    assert "rounds served" not in latency_reason(timed_on(same, [1890] * 3), timed_on(same, [1890] * 3))
+    assert "SM clock" not in latency_reason(record(), record())  # records without readings: nothing invented
+
+
 @pytest.mark.parametrize(("key", "value"), [("device", "NVIDIA H200"), ("model_source", "black-forest-labs/FLUX.1-dev"),
                                             ("emulated", True)])
 def test_records_of_another_device_or_model_are_incomparable(key, value):
