@@ -227,7 +227,7 @@ RECIPES: dict[str, Recipe] = {
             inductor=(("triton.multi_kernel", 1),), opt_in=True,
             note="optimized_fast_merged with Inductor's multi-kernel reductions (issue 25): the FP8 activation "
             "amax over rows of 3072-15360 runs as a looped reduction and a second pass that recomputes and casts "
-            "(8.8 ms a step for the single blocks' GELU output alone, at about a third of the H200's bandwidth); "
+            "(8.8 ms a step for the single blocks' GELU output alone, at 24% and 40% of the H200's bandwidth); "
             "multi_kernel benchmarks a one-pass persistent kernel against it. Opt-in until measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
