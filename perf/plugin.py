@@ -197,6 +197,23 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     config.stash[SESSION].update_benchmark_json(output_json)
 
 
+@pytest.hookimpl(optionalhook=True, wrapper=True)
+def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
+                                          compared_benchmark: dict):
+    """pytest-benchmark's own warning about another machine names its storage relative to the working directory,
+    and raises instead (an INTERNALERROR, exit 3) when the stored timings lie outside it: a --baselines-dir
+    elsewhere, compared on a machine whose CPU or Python differs from the one that stored them. The warning is
+    given here then, naming the folder; the verdict judges the records, whose device it checks itself."""
+    try:
+        return (yield)
+    except ValueError as exc:
+        if "is not in the subpath of" not in str(exc):
+            raise
+        benchmarksession.logger.warning(
+            f"Benchmark machine_info is different from that of the stored timings in {benchmarksession.storage}")
+        return []
+
+
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under ``-n N`` (xdist's ``load`` or ``loadgroup``), all tests of a recipe run on one worker."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from pytest_benchmark.storage.file import FileStorage
@@ -97,3 +98,40 @@ def test_pytest_benchmarks_save_is_atomic(tmp_path, monkeypatch):
     saved = tmp_path / "machine" / f"0001_{SAVE_NAME}.json"
     assert list(tmp_path.rglob("*.json")) == [saved]
     assert saved.read_bytes() == safe_dumps(output, ensure_ascii=True, indent=4).encode()
+
+
+def compare_machine_info(*plugins, storage, logger) -> list:
+    """pytest-benchmark's ``pytest_benchmark_compare_machine_info`` through pluggy, with ``plugins`` registered,
+    for stored timings from another machine."""
+    from _pytest.config import PytestPluginManager  # takes unmarked pytest_* hookspecs, as pytest-benchmark's are
+    from pytest_benchmark import hookspec
+
+    manager = PytestPluginManager()
+    manager.add_hookspecs(hookspec)
+    for plugin in plugins:
+        manager.register(plugin)
+    session = SimpleNamespace(logger=logger, storage=storage)
+    return manager.hook.pytest_benchmark_compare_machine_info(
+        config=None, benchmarksession=session, machine_info={"cpu": "this one"},
+        compared_benchmark={"machine_info": {"cpu": "the recording one"}})
+
+
+def test_timings_stored_outside_the_working_directory_on_another_machine_are_a_warning_not_a_crash(
+        tmp_path, monkeypatch):
+    """pytest-benchmark names its storage relative to the working directory in that warning, and raises where the
+    stored timings lie elsewhere (a --baselines-dir outside the checkout): an INTERNALERROR, exit 3, before any
+    test. The suite's plugin gives the warning instead. Control: pytest-benchmark alone still raises."""
+    from pytest_benchmark import plugin as benchmark_plugin
+
+    from perf import plugin
+
+    work, stored = tmp_path / "checkout", tmp_path / "elsewhere" / "benchmarks"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    warnings: list[str] = []
+    logger = SimpleNamespace(warning=lambda text, **_: warnings.append(text))
+    storage = FileStorage(stored, logger)
+    with pytest.raises(ValueError, match="is not in the subpath of"):
+        compare_machine_info(benchmark_plugin, storage=storage, logger=logger)
+    assert compare_machine_info(benchmark_plugin, plugin, storage=storage, logger=logger) == []
+    assert warnings == [f"Benchmark machine_info is different from that of the stored timings in {stored}"]
