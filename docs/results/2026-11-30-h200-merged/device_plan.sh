@@ -25,7 +25,8 @@ if [[ $mode == start ]]; then
   setsid nohup bash -c "export CUDA_VISIBLE_DEVICES=1
     python3 -m perf.tools.block_profile --rank 0 --repeats 20 --out /tmp/res/blocks \
       --variants fp8,fp8+triton.multi_kernel=1,fp8+triton.multi_kernel=2,fp8+coordinate_descent_tuning=true; echo rc=\$?; date
-    python3 -m perf.tools.profile_step --recipe optimized_fast_merged_multi_kernel --out /tmp/res/profile; echo rc=\$?
+    python3 -m perf.tools.profile_step --recipe optimized_fast_merged --recipe optimized_fast_merged_multi_kernel \
+      --out /tmp/res/profile; echo rc=\$?
     date
     python3 -m pytest tests/perf -m h200 $opts --no-serving --recipes baseline,optimized_fast_merged_multi_kernel \
       --results-dir /tmp/res/p1; echo rc=\$?; date; touch /tmp/res/done1" \
