@@ -36,13 +36,19 @@ def restore(saved: CompileSettings) -> None:
     torch.set_float32_matmul_precision(saved.float32_matmul_precision)
 
 
-def apply(options: Iterable[tuple[str, bool | int]]) -> None:
-    """Set Inductor options by their dotted names (``triton.multi_kernel``); an unknown name raises."""
+def check(options: Iterable[tuple[str, bool | int]]) -> None:
+    """Raise, naming it, for an option ``torch._inductor.config`` does not have."""
     known = inductor_config.get_config_copy()
-    for name, value in options:
+    for name, _ in options:
         if name not in known:
             raise ValueError(f"torch._inductor.config has no option {name!r}")
-        inductor_config.load_config({name: value})
+
+
+def apply(options: Iterable[tuple[str, bool | int]]) -> None:
+    """Set Inductor options by their dotted names (``triton.multi_kernel``); an unknown name raises."""
+    options = dict(options)
+    check(options.items())
+    inductor_config.load_config(options)
 
 
 def in_effect(extra: Iterable[str] = ()) -> dict:

@@ -71,27 +71,43 @@ def block_inputs(size: dict, device: str) -> dict:
     }
 
 
-def parse_variant(variant: str) -> tuple[str, str | None, tuple[tuple[str, bool | int], ...]]:
-    """``fp8@reduce-overhead+triton.multi_kernel=1`` -> ("fp8", "reduce-overhead", (("triton.multi_kernel", 1),))."""
+Variant = tuple[str, str | None, tuple[tuple[str, bool | int], ...]]  # numerics, compile mode, Inductor options
+
+
+def parse_variant(variant: str) -> Variant:
+    """``fp8@reduce-overhead+triton.multi_kernel=1`` -> ("fp8", "reduce-overhead", (("triton.multi_kernel", 1),)).
+    Raises ValueError naming the variant for bad numerics, an option without a value or with a value neither
+    true, false nor an integer, or an option Inductor does not have."""
     head, *options = variant.split("+")
     numerics, _, mode = head.partition("@")
     if numerics not in ("bf16", "fp8"):
         raise ValueError(f"variant {variant!r}: numerics must be bf16 or fp8")
-
-    def value(text: str) -> bool | int:
-        return text.lower() == "true" if text.lower() in ("true", "false") else int(text)
-
     parsed = []
     for option in options:
         name, sep, text = option.partition("=")
-        if not sep:
-            raise ValueError(f"variant {variant!r}: {option!r} is not OPTION=VALUE")
-        parsed.append((name, value(text)))
+        if text.lower() in ("true", "false"):
+            parsed.append((name, text.lower() == "true"))
+        elif sep and text.lstrip("-").isdigit():
+            parsed.append((name, int(text)))
+        else:
+            raise ValueError(f"variant {variant!r}: {option!r} is not OPTION=VALUE (true, false or an integer)")
+    try:
+        compile_settings.check(parsed)
+    except ValueError as exc:
+        raise ValueError(f"variant {variant!r}: {exc}") from None
     return numerics, mode or None, tuple(parsed)
 
 
-def profile_variant(kind: str, variant: str, size: dict, rank: int, device: str, repeats: int) -> dict:
-    numerics, mode, options = parse_variant(variant)
+def variant_list(text: str) -> dict[str, Variant]:
+    """``--variants``: each variant by its name, or one usage line (argparse) naming the one that is wrong."""
+    try:
+        return {variant: parse_variant(variant) for variant in text.split(",")}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def profile_variant(kind: str, variant: Variant, size: dict, rank: int, device: str, repeats: int) -> dict:
+    numerics, mode, options = variant
     saved = compile_settings.snapshot()
     try:
         compile_settings.apply(options)
@@ -125,7 +141,7 @@ def _profile(kind: str, numerics: str, mode: str | None, size: dict, rank: int, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.tools.block_profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="bf16,fp8",
+    parser.add_argument("--variants", type=variant_list, default="bf16,fp8",
                         help="NUMERICS[@MODE][+OPTION=VALUE...],... (default: bf16,fp8)")
     parser.add_argument("--rank", type=int, default=64,
                         help="LoRA rank on every Linear (default: 64; 0: no LoRA, as if merged)")
@@ -138,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "size": size,
                     "rank": args.rank, "torch": torch.__version__, "blocks": {}}
     for kind in ("double", "single"):
-        for variant in args.variants.split(","):
-            row = profile_variant(kind, variant, size, args.rank, device, args.repeats)
+        for variant, parsed in args.variants.items():
+            row = profile_variant(kind, parsed, size, args.rank, device, args.repeats)
             result["blocks"][f"{kind}/{variant}"] = row
             (args.out / "block-profile.json").write_text(json.dumps(result, indent=1))
             categories = ", ".join(f"{label} {ms:.3f}" for label, ms in sorted(row["by_category_ms"].items()))

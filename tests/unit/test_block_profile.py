@@ -49,7 +49,17 @@ def test_variants_name_numerics_mode_and_options(variant, parsed):
     assert parse_variant(variant) == parsed
 
 
-@pytest.mark.parametrize("variant", ["fp16", "fp8+triton.multi_kernel"])
-def test_a_malformed_variant_is_refused_by_name(variant):
-    with pytest.raises(ValueError, match="variant"):
-        parse_variant(variant)
+@pytest.mark.parametrize(("variant", "says"), [
+    ("fp16", "numerics must be bf16 or fp8"),
+    ("fp8+triton.multi_kernel", "is not OPTION=VALUE"),
+    ("fp8+triton.multi_kernel=yes", "is not OPTION=VALUE"),
+    ("fp8+triton.multi_kernal=1", "has no option 'triton.multi_kernal'"),
+])
+def test_a_malformed_variant_is_one_usage_line_before_anything_runs(tmp_path, capsys, variant, says):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--variants", f"fp8,{variant}", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"variant {variant!r}: " in err and says in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
