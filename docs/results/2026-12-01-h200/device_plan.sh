@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The next GPU session's plan (issues 23 and 25) on nvidia-h200-x2, as device-tool calls:
-#   first call:  bash docs/results/2026-11-30-h200-merged/device_plan.sh start 540   carry [".whl/dep"]
-#   later calls: bash docs/results/2026-11-30-h200-merged/device_plan.sh poll 560    (timeout 600)
+# The GPU session's plan of 2026-12-01 (issues 23 and 25) on nvidia-h200-x2, as device-tool calls:
+#   first call:  bash docs/results/2026-12-01-h200/device_plan.sh start 540   carry [".whl/dep"]
+#   later calls: bash docs/results/2026-12-01-h200/device_plan.sh poll 560    (timeout 600)
 # .whl/dep: diffusers 0.42.1, torchao 0.17.0, fa3-fwd 0.0.3, importlib_metadata, pydantic, pydantic-core,
 # annotated-types, typing-inspection, typing_extensions (pip download --no-deps, Python 3.12, manylinux x86_64).
 # The chains run under setsid: a process a call leaves running is killed when the call returns unless it started
 # its own session (2026-11-30: two chains started with plain nohup died with their call). Each polls /tmp/res into
 # $OUT/res.tgz every 20 s, so a call cut off at its limit still brings back what was written.
+# GPU1 runs the suite (baseline beside both merged rows, for the ratio) before the step profiles, which reuse its
+# compile cache.
 set -u
 mode=${1:?start or poll}; wait_s=${2:-540}
 if [[ $mode == start ]]; then
@@ -25,11 +27,11 @@ if [[ $mode == start ]]; then
   setsid nohup bash -c "export CUDA_VISIBLE_DEVICES=1
     python3 -m perf.tools.block_profile --rank 0 --repeats 20 --out /tmp/res/blocks \
       --variants fp8,fp8+triton.multi_kernel=1,fp8+triton.multi_kernel=2,fp8+coordinate_descent_tuning=true; echo rc=\$?; date
+    python3 -m pytest tests/perf -m h200 $opts --no-serving \
+      --recipes baseline,optimized_fast_merged,optimized_fast_merged_multi_kernel \
+      --results-dir /tmp/res/p1; echo rc=\$?; date
     python3 -m perf.tools.profile_step --recipe optimized_fast_merged --recipe optimized_fast_merged_multi_kernel \
-      --out /tmp/res/profile; echo rc=\$?
-    date
-    python3 -m pytest tests/perf -m h200 $opts --no-serving --recipes baseline,optimized_fast_merged_multi_kernel \
-      --results-dir /tmp/res/p1; echo rc=\$?; date; touch /tmp/res/done1" \
+      --out /tmp/res/profile; echo rc=\$?; date; touch /tmp/res/done1" \
     > /tmp/res/gpu1.log 2>&1 < /dev/null &
   sleep 5
 fi
