@@ -92,12 +92,13 @@ class Recipe:
         """Compiled without hot-swap: every new adapter changes the graph (the seed's negative control)."""
         return self.compiled and not self.hotswap
 
+    def uncompiled(self) -> Recipe:
+        """The same pipeline run eagerly: every compile setting off, the recipe's Inductor options with them."""
+        return dataclasses.replace(self, compile="none", compile_mode=None, compile_vae=False, inductor=())
+
     def eager_reference(self) -> Recipe:
         """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against."""
-        return dataclasses.replace(
-            self, name=f"{self.name}:reference", compile="none", compile_vae=False, hotswap=False, merge_lora=False,
-            inductor=(),
-        )
+        return dataclasses.replace(self.uncompiled(), name=f"{self.name}:reference", hotswap=False, merge_lora=False)
 
 
 RECIPES: dict[str, Recipe] = {

@@ -27,6 +27,7 @@ from perf.judge.baseline_files import read_records, record_path, write_record
 from perf.judge.record import from_data
 from perf.run.case import CaseFailed, open_case
 from perf.run.measure import assert_no_leak
+from perf.run.stack_check import check_stack, pipeline_kinds
 from perf.spec.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,6 +265,15 @@ def test_a_recipes_own_inductor_options_are_in_effect_recorded_and_undone(tiny_s
     assert case.record.applied.compile_settings["triton.multi_kernel"] == 1
     case.release()
     assert inductor_config.triton.multi_kernel == 0
+
+
+def test_the_stack_check_builds_a_recipe_with_inductor_options_eagerly(tiny_spec):
+    """Found on the H200 (2026-12-01): the stack check's eager kind of the multi-kernel row kept its Inductor
+    options, which an uncompiled recipe refuses, and the session ended in an INTERNALERROR before any test."""
+    recipe = dataclasses.replace(get_recipe("no_fa3_fp8"), inductor=(("triton.multi_kernel", 1),))
+    [kind] = pipeline_kinds([recipe])
+    assert not kind.compiled and kind.inductor == ()
+    assert check_stack(lambda: tiny_spec, [recipe]).ok
 
 
 def test_an_inductor_option_torch_does_not_have_fails_the_build_by_name(tiny_spec):
