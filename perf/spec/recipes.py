@@ -58,6 +58,9 @@ class Recipe:
     # (perf.build.compile_settings): ("triton.multi_kernel", 1) lets Inductor benchmark a persistent (one-pass)
     # reduction against the looped one for rows longer than 1024, such as the FP8 amax over a GELU output's 15360
     inductor: tuple[tuple[str, bool | int], ...] = ()
+    # the single blocks' proj_out input (GELU, concat, per-row FP8) in one Triton pass, not Inductor's two
+    # (perf.build.fused_fp8); needs FP8 weights and the adapter merged (the LoRA path would need the bf16 input)
+    fused_fp8_proj_out: bool = False
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
@@ -70,6 +73,8 @@ class Recipe:
             raise ValueError(f"{self.name}: fp8_attention_qk={self.fp8_attention_qk!r} needs attention='fa3_fp8'")
         if self.merge_lora and not self.hotswap:
             raise ValueError(f"{self.name}: merge_lora merges the hot-swap slot: it needs hotswap=True")
+        if self.fused_fp8_proj_out and not (self.fp8 and self.merge_lora):
+            raise ValueError(f"{self.name}: fused_fp8_proj_out needs fp8=True and merge_lora=True")
         if self.inductor and not self.compiled:
             raise ValueError(f"{self.name}: inductor options need a compiled recipe")
 
@@ -229,7 +234,17 @@ RECIPES: dict[str, Recipe] = {
             note="optimized_fast_merged with Inductor's multi-kernel reductions (issue 25): the FP8 activation "
             "amax over rows of 3072-15360 runs as a looped reduction and a second pass that recomputes and casts "
             "(8.8 ms a step for the single blocks' GELU output alone, at 24% and 40% of the H200's bandwidth); "
-            "multi_kernel benchmarks a one-pass persistent kernel against it. Opt-in until measured on a GPU",
+            "multi_kernel benchmarks a one-pass persistent kernel against it. Opt-in: on the H200 it made the amax "
+            "persistent (4.66 -> 3.98 ms a step) but kept the second pass (82.2 against 83.3 ms of kernels, images "
+            "2.525 against 2.544 s)",
+        ),
+        Recipe(
+            "optimized_fast_merged_fused", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
+            torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead", merge_lora=True,
+            fused_fp8_proj_out=True, opt_in=True,
+            note="optimized_fast_merged with the single blocks' proj_out input quantized in one Triton pass "
+            "(GELU, concat, row amax, e4m3 cast; perf.build.fused_fp8) where Inductor runs two (8.9 ms of an "
+            "83 ms step on the H200). Opt-in until measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

@@ -6,7 +6,8 @@ double-stream and one single-stream block run, how Inductor fused the FP8 activa
 what a compile mode changes. Each block has FLUX.1-dev's width, seeded random weights, and a LoRA on every Linear
 (peft, the rank of the hot-swap slots), as a hot-swap row runs them; FP8 is the builder's own ``quantize_fp8``.
 
-Variants are ``NUMERICS[@MODE][+OPTION=VALUE...]``: ``bf16`` or ``fp8``, a ``torch.compile`` mode
+Variants are ``NUMERICS[@MODE][+OPTION=VALUE...]``: ``bf16``, ``fp8`` or ``fp8_fused`` (the single block's
+``proj_out`` input in one pass, ``Recipe.fused_fp8_proj_out``; with ``--rank 0``), a ``torch.compile`` mode
 (``fp8@max-autotune``), and Inductor options a recipe could set (``Recipe.inductor``), kept to the variant:
 ``fp8+triton.multi_kernel=1`` screens a setting on two blocks before a whole row is built with it.
 Writes ``block-profile.json`` after each variant (a job cut off keeps what it measured); on a CPU it runs at the
@@ -26,11 +27,13 @@ import torch
 
 from perf.build import compile_settings
 from perf.build.builder import quantize_fp8
+from perf.build.fused_fp8 import fuse_single_block
 from perf.run.measure import time_rounds
 from perf.tools.profile_step import category, kernel_times
 
 FULL = {"width": 3072, "heads": 24, "head_dim": 128, "image_tokens": 4096, "text_tokens": 512}
 TINY = {"width": 64, "heads": 2, "head_dim": 32, "image_tokens": 64, "text_tokens": 16}
+NUMERICS = ("bf16", "fp8", "fp8_fused")  # fp8_fused: the single block's proj_out input as perf.build.fused_fp8 makes it
 
 
 def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> torch.nn.Module:
@@ -46,8 +49,10 @@ def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> 
     for param in block.parameters():
         torch.nn.init.normal_(param, std=0.02)
     block = block.to(device, torch.bfloat16).eval()
-    if numerics == "fp8":
+    if numerics in ("fp8", "fp8_fused"):
         quantize_fp8(block, set_inductor_config=False)
+    if numerics == "fp8_fused" and kind == "single":
+        fuse_single_block(block)  # refuses the LoRA path on proj_out: fp8_fused takes --rank 0
     if rank == 0:
         return block
     linears = [name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)]
@@ -71,6 +76,13 @@ def block_inputs(size: dict, device: str) -> dict:
     }
 
 
+def relative_error(outputs: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...]) -> float:
+    """||outputs - reference|| / ||reference|| over a block's outputs: what its numerics cost against the same
+    block's eager bf16 (about 3e-2 for FP8 at full width); a kernel that computes the wrong thing reads near 1."""
+    diff = sum(float((o.float() - r.float()).square().sum()) for o, r in zip(outputs, reference, strict=True))
+    return (diff / sum(float(r.float().square().sum()) for r in reference)) ** 0.5
+
+
 Variant = tuple[str, str | None, tuple[tuple[str, bool | int], ...]]  # numerics, compile mode, Inductor options
 
 
@@ -80,8 +92,8 @@ def parse_variant(variant: str) -> Variant:
     true, false nor an integer, or an option Inductor does not have."""
     head, *options = variant.split("+")
     numerics, _, mode = head.partition("@")
-    if numerics not in ("bf16", "fp8"):
-        raise ValueError(f"variant {variant!r}: numerics must be bf16 or fp8")
+    if numerics not in NUMERICS:
+        raise ValueError(f"variant {variant!r}: numerics must be one of {', '.join(NUMERICS)}")
     parsed = []
     for option in options:
         name, sep, text = option.partition("=")
@@ -126,11 +138,13 @@ def _profile(kind: str, numerics: str, mode: str | None, size: dict, rank: int, 
         compile_s = time_rounds(lambda: block(**inputs), None, 1, device)[0]
         wall = time_rounds(lambda: block(**inputs), None, repeats, device)
         kernels = kernel_times(lambda: block(**inputs), device)
+        error = relative_error(block(**inputs), make_block(kind, "bf16", size, rank, device)(**inputs))
     by_category: dict[str, float] = defaultdict(float)
     for kernel, ms in kernels.items():
         by_category[category(kernel)] += ms
     return {
         "lora_layers": lora_layers,
+        "error_vs_bf16": error,
         "first_call_s": compile_s,
         "wall_ms": statistics.median(wall) * 1e3,
         "kernel_ms": sum(kernels.values()),
@@ -160,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (args.out / "block-profile.json").write_text(json.dumps(result, indent=1))
             categories = ", ".join(f"{label} {ms:.3f}" for label, ms in sorted(row["by_category_ms"].items()))
             print(f"{kind:<6} {variant:<24} kernels {row['kernel_ms']:.3f} ms, wall {row['wall_ms']:.3f} ms, "
-                  f"first call {row['first_call_s']:.0f} s: {categories}")
+                  f"first call {row['first_call_s']:.0f} s, error vs bf16 {row['error_vs_bf16']:.2e}: {categories}")
     return 0
 
 

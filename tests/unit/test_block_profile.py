@@ -20,6 +20,7 @@ def test_each_block_and_variant_is_profiled_and_written(tmp_path, rank):
         assert row["kernel_ms"] > 0
         assert row["kernels_ms"]
         assert (row["lora_layers"] > 0) == (rank > 0), row["lora_layers"]
+        assert row["error_vs_bf16"] < 0.02  # compiled bf16 against eager bf16
 
 
 def test_a_variants_inductor_options_hold_for_its_compile_alone(tmp_path, monkeypatch):
@@ -29,7 +30,7 @@ def test_a_variants_inductor_options_hold_for_its_compile_alone(tmp_path, monkey
 
     def profile(*args):
         seen.append(inductor_config.triton.multi_kernel)
-        return {"kernel_ms": 1.0, "wall_ms": 1.0, "first_call_s": 0.0, "by_category_ms": {}}
+        return {"kernel_ms": 1.0, "wall_ms": 1.0, "first_call_s": 0.0, "by_category_ms": {}, "error_vs_bf16": 0.0}
 
     monkeypatch.setattr("perf.tools.block_profile._profile", profile)
     assert main(["--variants", "fp8+triton.multi_kernel=1,fp8", "--out", str(tmp_path)]) == 0
@@ -50,7 +51,7 @@ def test_variants_name_numerics_mode_and_options(variant, parsed):
 
 
 @pytest.mark.parametrize(("variant", "says"), [
-    ("fp16", "numerics must be bf16 or fp8"),
+    ("fp16", "numerics must be one of bf16, fp8, fp8_fused"),
     ("fp8+triton.multi_kernel", "is not OPTION=VALUE"),
     ("fp8+triton.multi_kernel=yes", "is not OPTION=VALUE"),
     ("fp8+triton.multi_kernal=1", "has no option 'triton.multi_kernal'"),

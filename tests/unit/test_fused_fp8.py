@@ -1,0 +1,166 @@
+"""``Recipe.fused_fp8_proj_out`` (issue 25): the single blocks' ``proj_out`` input, ``cat([attention,
+GELU(mlp)])``, quantized per row to e4m3 in one pass. On the CPU the op's plain implementation is held to what it
+quantizes and the fused forward to diffusers' block; on a GPU the Triton kernel is held to torchao's own
+quantization, byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import perf.build.builder
+import perf.build.fused_fp8 as fused_fp8
+from perf.build.builder import build_pipeline
+from perf.errors import SuiteError
+from perf.spec.recipes import get_recipe
+
+FUSED = dataclasses.replace(get_recipe("no_fa3_fp8"), name="no_fa3_fp8_fused", fp8=True, merge_lora=True,
+                            fused_fp8_proj_out=True)
+WIDTH, HEADS, HEAD_DIM, TOKENS, TEXT = 64, 2, 32, 40, 8
+
+
+def pair(rows: int, attn: int, mlp: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator(device).manual_seed(0)
+    return (torch.randn(rows, attn, generator=generator, device=device).to(torch.bfloat16),
+            (3 * torch.randn(rows, mlp, generator=generator, device=device)).to(torch.bfloat16))
+
+
+def test_the_op_is_the_per_row_e4m3_of_the_concat_with_gelu():
+    attn, mlp = pair(16, 48, 192)
+    data, scale = fused_fp8.gelu_cat_fp8_rowwise(attn, mlp)
+    x = torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1).float()
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    assert data.dtype == torch.float8_e4m3fn and data.shape == (16, 240) and scale.shape == (16, 1)
+    assert torch.equal(scale, (amax.bfloat16() / 448.0).float())
+    assert torch.equal(data.float().abs().amax(dim=-1, keepdim=True), torch.full_like(amax, 448.0))
+    error = (data.float() * scale - x).abs()
+    assert bool((error <= x.abs() * 2**-4 + scale * 2**-9).all())  # e4m3: 3 mantissa bits, subnormals to 2^-9
+
+
+def single_block(seed: int = 0):
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    torch.manual_seed(seed)
+    block = FluxSingleTransformerBlock(WIDTH, HEADS, HEAD_DIM).to(torch.bfloat16).eval()
+    for param in block.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    return block
+
+
+def block_inputs() -> dict:
+    generator = torch.Generator().manual_seed(1)
+    rope = (torch.randn(TOKENS + TEXT, HEAD_DIM, generator=generator),
+            torch.randn(TOKENS + TEXT, HEAD_DIM, generator=generator))
+    return {"hidden_states": torch.randn(1, TOKENS, WIDTH, generator=generator).bfloat16(),
+            "encoder_hidden_states": torch.randn(1, TEXT, WIDTH, generator=generator).bfloat16(),
+            "temb": torch.randn(1, WIDTH, generator=generator).bfloat16(), "image_rotary_emb": rope}
+
+
+def per_row_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """A per-row e4m3 weight as torchao stores one (torchao is a GPU extra, not in the CPU venv)."""
+    scale = (weight.abs().amax(dim=-1, keepdim=True) / 448.0).float()
+    return (weight.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale, False
+
+
+def relative_error(outputs, reference) -> float:
+    diff = sum(float((o.float() - r.float()).square().sum()) for o, r in zip(outputs, reference, strict=True))
+    return (diff / sum(float(r.float().square().sum()) for r in reference)) ** 0.5
+
+
+@pytest.fixture
+def cpu_fp8_weights(monkeypatch):
+    monkeypatch.setattr(fused_fp8, "fp8_weight_parts", lambda weight: per_row_fp8(weight.detach()))
+
+
+def fused_against_diffusers() -> float:
+    """The fused block against diffusers' own block holding the same FP8 weight dequantized: what remains is the
+    activation's e4m3 rounding."""
+    reference, fused = single_block(), single_block()
+    fused_fp8.fuse_single_block(fused)
+    data, scale, _ = per_row_fp8(reference.proj_out.weight.detach())
+    with torch.no_grad():
+        reference.proj_out.weight.copy_((data.float() * scale).bfloat16())
+        return relative_error(fused(**block_inputs()), reference(**block_inputs()))
+
+
+def test_the_fused_block_serves_what_diffusers_block_serves(cpu_fp8_weights):
+    assert fused_against_diffusers() < 0.03  # measured 0.010
+
+
+@pytest.mark.parametrize("defect", ["no gelu", "halves swapped"])
+def test_a_fused_block_that_quantizes_the_wrong_input_is_caught(cpu_fp8_weights, monkeypatch, defect):
+    """Negative controls of the comparison above."""
+    op = fused_fp8.gelu_cat_fp8_rowwise
+
+    def wrong(attn, mlp):
+        if defect == "no gelu":
+            x = torch.cat([attn, mlp], dim=-1)
+            scale = (x.abs().amax(dim=-1, keepdim=True) / 448.0).float()
+            return (x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale
+        data, scale = op(attn, mlp)
+        return torch.cat([data[:, attn.shape[1]:], data[:, :attn.shape[1]]], dim=-1), scale
+
+    monkeypatch.setattr(fused_fp8, "gelu_cat_fp8_rowwise", wrong)
+    assert fused_against_diffusers() > 0.1
+
+
+def test_a_block_whose_lora_path_is_on_is_refused(cpu_fp8_weights):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    block = inject_adapter_in_model(LoraConfig(r=4, target_modules=["proj_out"]), single_block())
+    with pytest.raises(SuiteError, match="proj_out: its LoRA path is on"):
+        fused_fp8.fuse_single_block(block)
+    block.proj_out.enable_adapters(False)
+    fused_fp8.fuse_single_block(block)  # merged: the weights hold the adapter
+
+
+def test_the_field_needs_fp8_and_a_merged_adapter():
+    for missing in ({"fp8": False}, {"merge_lora": False}):
+        with pytest.raises(ValueError, match="fused_fp8_proj_out needs fp8=True and merge_lora=True"):
+            dataclasses.replace(FUSED, **missing)
+
+
+def test_the_builder_fuses_every_single_block_once_the_adapter_is_merged(tiny_spec, monkeypatch):
+    """Through ``build_pipeline``: after FP8 (here a stand-in, torchao being a GPU extra) and the merge; the
+    record's ``applied.proj_out`` says so."""
+    seen = []
+
+    def fuse(transformer):
+        seen.extend(block.proj_out.disable_adapters for block in transformer.single_transformer_blocks)
+        return "fused"
+
+    monkeypatch.setattr(perf.build.builder, "quantize_fp8", lambda *args, **kwargs: "fp8 stand-in")
+    monkeypatch.setattr(perf.build.builder, "fuse_proj_out", fuse)
+    built = build_pipeline(tiny_spec, FUSED)
+    assert seen and all(seen)
+    assert built.facts["proj_out"] == "fused"
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel and torchao need CUDA")
+
+
+@needs_cuda
+def test_the_triton_kernel_writes_torchaos_bytes_at_flux_width():
+    from torchao.quantization import Float8Tensor, PerRow
+
+    attn, mlp = pair(4608, 3072, 12288, "cuda")
+    data, scale = fused_fp8.gelu_cat_fp8_rowwise(attn, mlp)
+    expected = Float8Tensor.from_hp(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1),
+                                    torch.float8_e4m3fn, PerRow())
+    assert torch.equal(scale, expected.scale.reshape(scale.shape))
+    differ = (data.view(torch.uint8) != expected.qdata.view(torch.uint8)).float().mean().item()
+    assert differ < 1e-4, differ  # GELU's tanh: libdevice's against torch's, an e4m3 rounding tie at most
+
+
+@needs_cuda
+def test_the_fused_block_serves_what_torchaos_block_serves_on_the_gpu():
+    from perf.tools.block_profile import FULL, block_inputs, make_block
+
+    inputs = block_inputs(FULL, "cuda")
+    with torch.inference_mode():
+        reference = make_block("single", "fp8", FULL, 0, "cuda")(**inputs)
+        fused = make_block("single", "fp8_fused", FULL, 0, "cuda")(**inputs)
+    assert relative_error(fused, reference) < 1e-3
