@@ -164,3 +164,20 @@ def test_the_fused_block_serves_what_torchaos_block_serves_on_the_gpu():
         reference = make_block("single", "fp8", FULL, 0, "cuda")(**inputs)
         fused = make_block("single", "fp8_fused", FULL, 0, "cuda")(**inputs)
     assert relative_error(fused, reference) < 1e-3  # both 5.88e-2 from eager bf16 on the H200
+
+
+def test_the_fused_row_compiles_once_and_a_swap_compiles_nothing(tiny_spec, monkeypatch, cpu_fp8_weights):
+    """The fused forward inside the compiled transformer (FP8 weights emulated on the CPU: the merge does not
+    reach these copies here; on a GPU the suite's swap check holds the swap)."""
+    from perf.run.watchers import RecompileWatcher
+
+    torch.compiler.reset()  # graphs are counted per code object, every instance's together
+    monkeypatch.setattr(perf.build.builder, "quantize_fp8", lambda *args, **kwargs: "fp8 stand-in")
+    built = build_pipeline(tiny_spec, FUSED)
+    assert built.facts["proj_out"].startswith("proj_out of ")
+    built.generate()
+    with RecompileWatcher() as watcher:
+        built.load_adapter(tiny_spec.pool.adapters[1])
+        image = built.generate()
+    assert watcher.count == 0
+    assert image.std() > 0
