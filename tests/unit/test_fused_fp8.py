@@ -123,6 +123,13 @@ def test_the_field_needs_fp8_and_a_merged_adapter():
             dataclasses.replace(FUSED, **missing)
 
 
+def test_every_fused_row_has_an_eager_reference_to_check_swaps_against():
+    """The swap check's fresh pipeline loads the adapter into peft's layers: nothing merged, nothing fused."""
+    for recipe in (FUSED, get_recipe("optimized_fast_merged_fused")):
+        reference = recipe.eager_reference()
+        assert not (reference.fused_fp8_proj_out or reference.merge_lora or reference.compiled)
+
+
 def test_the_builder_fuses_every_single_block_once_the_adapter_is_merged(tiny_spec, monkeypatch):
     """Through ``build_pipeline``: after FP8 (here a stand-in, torchao being a GPU extra) and the merge; the
     record's ``applied.proj_out`` says so."""

@@ -94,3 +94,14 @@ def test_serving_tests_are_ordered_a_scenario_at_a_time_whatever_order_pytest_co
                      *((test, case, scenario) for case in (a, b) for scenario in ("scale", "batches", "two")
                        for test in ("warm", "count", "check") if test != "check" or scenario != "batches"),
                      ("other", None, None)]
+
+
+def test_every_row_has_the_eager_forms_a_gpu_session_builds_before_its_tests():
+    """The stack check's kind and the swap check's reference of every row in the table, whatever its fields: a
+    field the eager forms keep where an eager recipe refuses it ended the H200 session of 2026-12-01 in an
+    INTERNALERROR before any test (the multi-kernel row's Inductor options)."""
+    from perf.run.stack_check import pipeline_kinds
+
+    kinds = pipeline_kinds(RECIPES.values())
+    assert kinds and not any(kind.compiled for kind in kinds)
+    assert not any(recipe.eager_reference().compiled for recipe in RECIPES.values())
