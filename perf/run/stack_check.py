@@ -126,7 +126,7 @@ def pipeline_kinds(recipes: Iterable) -> list:
     model's head dim of 16 is below what FA3 and FA4 take), and a kernel that fails there fails its recipe."""
     kinds = {}
     for recipe in recipes:
-        kind = dataclasses.replace(recipe.uncompiled(), attention="sdpa")
+        kind = dataclasses.replace(recipe.uncompiled(), attention="sdpa", fp8_attention_qk="dynamic")
         kinds.setdefault((kind.attention, kind.fp8, kind.hotswap, kind.t5_nf4, kind.offload), kind)
     return list(kinds.values())
 
