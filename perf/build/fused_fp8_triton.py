@@ -1,11 +1,13 @@
-"""The CUDA kernel of ``perf.build.fused_fp8.gelu_cat_fp8_rowwise``: one program per row, the whole row (15360
-values at FLUX.1-dev's width) in registers, so each input is read once and the FP8 row written once. Imported only
-where CUDA runs it (Triton is not installed with CPU torch). Its name holds "amax", which the profiles count as FP8
+"""The CUDA kernel of ``perf.build.fused_fp8.gelu_cat_fp8_rowwise``: one program per row. Imported only where
+CUDA runs it (Triton is not installed with CPU torch). Its name holds "amax", which the profiles count as FP8
 activation quantization.
 
-On the H200 (2026-12-01, ``block_profile --rank 0``) it takes 0.145 ms a single block where Inductor's two passes
-take 0.244, the block 1.413 ms of kernels against 1.506; 212 MB in 0.145 ms is 1.5 TB/s, a third of the
-bandwidth, so its launch shape (rows per program, warps) is still to tune."""
+Two shapes, chosen per width by Triton's autotuner on the device (``TRITON_PRINT_AUTOTUNING=1`` names the pick):
+the whole row (15360 values at FLUX.1-dev's width) held in registers, each input read once from memory; or the row
+in chunks, twice (the amax, then the cast), the second read served by L2 while few registers let many rows run per
+SM. On the H200 (2026-12-01, ``block_profile --rank 0``), with the whole-row shape alone, it took 0.145 ms a single
+block where Inductor's two passes take 0.244 (the block 1.413 ms of kernels against 1.506): 212 MB in 0.145 ms is
+1.5 TB/s, a third of the bandwidth; the chunked shape is the candidate for the rest, not yet measured."""
 
 from __future__ import annotations
 
@@ -14,33 +16,72 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+CONFIGS = [triton.Config({"CHUNKED": False, "CHUNK": 1}, num_warps=warps) for warps in (4, 8, 16, 32)] + [
+    triton.Config({"CHUNKED": True, "CHUNK": chunk}, num_warps=warps) for chunk in (1024, 2048, 4096)
+    for warps in (4, 8)]
 
 
-@triton.autotune(configs=[triton.Config({}, num_warps=warps) for warps in (4, 8, 16, 32)], key=["A", "H"])
+@triton.jit
+def _gelu_bf16(m):
+    """diffusers' GELU (tanh) of a float32 row, rounded to bf16 as the block's activation is."""
+    g = 0.5 * m * (1.0 + libdevice.tanh(0.7978845608028654 * (m + 0.044715 * m * m * m)))  # 0.797...: sqrt(2 / pi)
+    return g.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _cast(x, scale, FP8_MAX: tl.constexpr):
+    return tl.clamp(x / scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+
+
+@triton.autotune(configs=CONFIGS, key=["A", "H"])
 @triton.jit
 def _gelu_cat_amax_fp8_rowwise(attn_ptr, mlp_ptr, out_ptr, scale_ptr, A: tl.constexpr, H: tl.constexpr,
-                          BLOCK_A: tl.constexpr, BLOCK_H: tl.constexpr, FP8_MAX: tl.constexpr):
+                               BLOCK_A: tl.constexpr, BLOCK_H: tl.constexpr, FP8_MAX: tl.constexpr,
+                               CHUNKED: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    cols_a = tl.arange(0, BLOCK_A)
-    cols_h = tl.arange(0, BLOCK_H)
-    a = tl.load(attn_ptr + row * A + cols_a, mask=cols_a < A, other=0.0).to(tl.float32)
-    m = tl.load(mlp_ptr + row * H + cols_h, mask=cols_h < H, other=0.0).to(tl.float32)
-    g = 0.5 * m * (1.0 + libdevice.tanh(SQRT_2_OVER_PI * (m + 0.044715 * m * m * m)))
-    g = g.to(tl.bfloat16).to(tl.float32)  # GELU's output is bf16 in the block
-    amax = tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0))
-    scale = (amax / FP8_MAX).to(tl.bfloat16).to(tl.float32)  # torchao divides the bf16 amax in bf16
-    tl.store(scale_ptr + row, scale)
-    out = out_ptr + row * (A + H)
-    tl.store(out + cols_a, tl.clamp(a / scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv), mask=cols_a < A)
-    tl.store(out + A + cols_h, tl.clamp(g / scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv), mask=cols_h < H)
+    attn, mlp, out = attn_ptr + row * A, mlp_ptr + row * H, out_ptr + row * (A + H)
+    if CHUNKED:
+        peak = tl.zeros([CHUNK], dtype=tl.float32)
+        for start in tl.range(0, A, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            peak = tl.maximum(peak, tl.abs(tl.load(attn + cols, mask=cols < A, other=0.0).to(tl.float32)))
+        for start in tl.range(0, H, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            m = tl.load(mlp + cols, mask=cols < H, other=0.0).to(tl.float32)
+            peak = tl.maximum(peak, tl.abs(_gelu_bf16(m)))
+        scale = (tl.max(peak, axis=0) / FP8_MAX).to(tl.bfloat16).to(tl.float32)  # torchao: the bf16 amax / max in bf16
+        tl.store(scale_ptr + row, scale)
+        for start in tl.range(0, A, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            a = tl.load(attn + cols, mask=cols < A, other=0.0).to(tl.float32)
+            tl.store(out + cols, _cast(a, scale, FP8_MAX), mask=cols < A)
+        for start in tl.range(0, H, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            m = tl.load(mlp + cols, mask=cols < H, other=0.0).to(tl.float32)
+            tl.store(out + A + cols, _cast(_gelu_bf16(m), scale, FP8_MAX), mask=cols < H)
+    else:
+        cols_a = tl.arange(0, BLOCK_A)
+        cols_h = tl.arange(0, BLOCK_H)
+        a = tl.load(attn + cols_a, mask=cols_a < A, other=0.0).to(tl.float32)
+        g = _gelu_bf16(tl.load(mlp + cols_h, mask=cols_h < H, other=0.0).to(tl.float32))
+        scale = (tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0)) / FP8_MAX).to(tl.bfloat16)
+        scale = scale.to(tl.float32)
+        tl.store(scale_ptr + row, scale)
+        tl.store(out + cols_a, _cast(a, scale, FP8_MAX), mask=cols_a < A)
+        tl.store(out + A + cols_h, _cast(g, scale, FP8_MAX), mask=cols_h < H)
 
 
-def gelu_cat_fp8_rowwise_triton(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gelu_cat_fp8_rowwise_triton(attn: torch.Tensor, mlp: torch.Tensor,
+                                config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config``: one launch shape of ``CONFIGS`` instead of the autotuner's pick (the tests run each)."""
     rows, a_cols = attn.shape
     h_cols = mlp.shape[1]
     data = torch.empty((rows, a_cols + h_cols), device=attn.device, dtype=torch.float8_e4m3fn)
     scale = torch.empty((rows, 1), device=attn.device, dtype=torch.float32)
-    _gelu_cat_amax_fp8_rowwise[(rows,)](attn, mlp, data, scale, a_cols, h_cols, triton.next_power_of_2(a_cols),
-                                   triton.next_power_of_2(h_cols), torch.finfo(torch.float8_e4m3fn).max)
+    args = (attn, mlp, data, scale, a_cols, h_cols, triton.next_power_of_2(a_cols), triton.next_power_of_2(h_cols),
+            torch.finfo(torch.float8_e4m3fn).max)
+    if config is None:
+        _gelu_cat_amax_fp8_rowwise[(rows,)](*args)
+    else:
+        _gelu_cat_amax_fp8_rowwise.fn[(rows,)](*args, **config.all_kwargs())
     return data, scale
