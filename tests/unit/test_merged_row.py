@@ -76,3 +76,12 @@ def test_the_case_runs_on_a_merged_row_and_its_record_says_so(tiny_spec):
     assert case.scenario.recompiles_after_warmup == 0
     assert case.measured.swap_check.swap == case.controls.correct == 0.0
     assert case.record.applied.lora.startswith("merged into the weights of")
+
+
+@pytest.mark.parametrize("scenario", ["resolutions", "batches"])
+def test_what_does_not_act_through_the_lora_path_is_served_and_compiles_nothing_once_warm(merged, scenario):
+    """A new shape or batch on a merged row compiles as on the LoRA row (the documented count), then nothing."""
+    result = serving.serve_scenario(scenario, merged)
+    assert result.failure is None and result.requests
+    assert result.transformer_recompiles == result.expected_recompiles, result.finding
+    assert all(request.steady_recompiles == 0 for request in result.requests)
