@@ -1,7 +1,7 @@
 """The one place a recipe is applied: ``build_pipeline(spec, recipe)``.
 
 Order matters and is the seed's: load (T5 NF4 at load) -> attention backend -> FP8 -> enable hot-swap ->
-first LoRA (merged into the weights, where the recipe merges; the single blocks' FP8 proj_out input fused, where
+first LoRA (merged into the weights, where the recipe merges; the FP8 quantization of GELU outputs fused, where
 it asks) -> CPU offload -> compile (and the VAE decoder, where
 the recipe asks). Hot-swap must be enabled
 before the first adapter is loaded and before the transformer is compiled, or the second adapter recompiles.
@@ -22,7 +22,7 @@ import torch
 
 from perf.build import compat, compile_settings
 from perf.build.attention import AttentionChoice, choose_attention, qk_bound, set_backend
-from perf.build.fused_fp8 import fuse_proj_out
+from perf.build.fused_fp8 import fuse_gelu_linears
 from perf.build.merge import Merged
 from perf.spec.cache import build_once
 from perf.spec.loras import LoraAdapter, check_hotswap
@@ -233,8 +233,8 @@ def build_pipeline(spec: RunSpec, recipe: Recipe, first: LoraAdapter | None = No
         built.merged.lora_in_forward(False)
         built.lora_written()
         facts["lora"] = f"merged into the weights of {len(built.merged.layers)} layers on every swap"
-    if recipe.fused_fp8_proj_out:
-        facts["proj_out"] = fuse_proj_out(pipe.transformer)
+    if recipe.fused_fp8_gelu:
+        facts["fused_fp8"] = fuse_gelu_linears(pipe.transformer)
     if recipe.offload:
         pipe.enable_model_cpu_offload(device=_offload_device(device))
     if recipe.compiled:

@@ -106,7 +106,7 @@ class Applied:
     compile: str | None = None
     vae: str | None = None
     lora: str | None = None  # where the adapter acts, when not through peft's LoRA layers (merged into the weights)
-    proj_out: str | None = None  # the single blocks' FP8 proj_out input, where fused (Recipe.fused_fp8_proj_out)
+    fused_fp8: str | None = None  # the FP8 linears whose GELU input is quantized in one pass (Recipe.fused_fp8_gelu)
     compile_settings: dict[str, bool | int | float | str] = field(default_factory=dict)
 
 

@@ -58,9 +58,10 @@ class Recipe:
     # (perf.build.compile_settings): ("triton.multi_kernel", 1) lets Inductor benchmark a persistent (one-pass)
     # reduction against the looped one for rows longer than 1024, such as the FP8 amax over a GELU output's 15360
     inductor: tuple[tuple[str, bool | int], ...] = ()
-    # the single blocks' proj_out input (GELU, concat, per-row FP8) in one Triton pass, not Inductor's two
-    # (perf.build.fused_fp8); needs FP8 weights and the adapter merged (the LoRA path would need the bf16 input)
-    fused_fp8_proj_out: bool = False
+    # the FP8 linears whose input is a GELU output (double blocks' feed-forward outputs, single blocks' proj_out)
+    # quantized in the pass that computes the GELU (perf.build.fused_fp8); needs FP8 weights and the adapter merged
+    # (the LoRA path would need the bf16 input)
+    fused_fp8_gelu: bool = False
     seed_flags: str = ""
     seed_row: str | None = None  # the row name in the seed's table; None for rows beyond the seed
     seed_seconds: float | None = None  # the seed's published s/image for the row (its GPU, its weights)
@@ -73,8 +74,8 @@ class Recipe:
             raise ValueError(f"{self.name}: fp8_attention_qk={self.fp8_attention_qk!r} needs attention='fa3_fp8'")
         if self.merge_lora and not self.hotswap:
             raise ValueError(f"{self.name}: merge_lora merges the hot-swap slot: it needs hotswap=True")
-        if self.fused_fp8_proj_out and not (self.fp8 and self.merge_lora):
-            raise ValueError(f"{self.name}: fused_fp8_proj_out needs fp8=True and merge_lora=True")
+        if self.fused_fp8_gelu and not (self.fp8 and self.merge_lora):
+            raise ValueError(f"{self.name}: fused_fp8_gelu needs fp8=True and merge_lora=True")
         if self.inductor and not self.compiled:
             raise ValueError(f"{self.name}: inductor options need a compiled recipe")
 
@@ -106,7 +107,7 @@ class Recipe:
         its adapter through peft's LoRA layers (so proj_out's input quantized by torchao, not fused: the same e4m3
         bytes but about 2e-4 of them on the H200)."""
         return dataclasses.replace(self.uncompiled(), name=f"{self.name}:reference", hotswap=False, merge_lora=False,
-                                   fused_fp8_proj_out=False)
+                                   fused_fp8_gelu=False)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -244,11 +245,12 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "optimized_fast_merged_fused", ("h100", "h200"), attention="fa3_fp8", fp8=True, compile="full",
             torchao_inductor_config=False, compile_vae=True, compile_mode="reduce-overhead", merge_lora=True,
-            fused_fp8_proj_out=True, opt_in=True,
-            note="optimized_fast_merged with the single blocks' proj_out input quantized in one Triton pass "
-            "(GELU, concat, row amax, e4m3 cast; perf.build.fused_fp8) where Inductor runs two (8.9 ms of an "
-            "83 ms step on the H200): on two blocks, 1.413 against 1.506 ms of kernels a single block, the same error "
-            "against bf16. Opt-in until the row is measured on a GPU",
+            fused_fp8_gelu=True, opt_in=True,
+            note="optimized_fast_merged with each GELU output's FP8 quantization in the Triton pass that computes "
+            "the GELU (the single blocks' proj_out input with its concat, the double blocks' feed-forward outputs; "
+            "perf.build.fused_fp8) where Inductor runs one or two looped kernels (11.7 ms of an 83 ms step on the "
+            "H200): a single block 1.413 against 1.506 ms of kernels, the same error against bf16 (the double "
+            "blocks' part not yet measured). Opt-in until the row is measured on a GPU",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(

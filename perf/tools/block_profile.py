@@ -6,8 +6,8 @@ double-stream and one single-stream block run, how Inductor fused the FP8 activa
 what a compile mode changes. Each block has FLUX.1-dev's width, seeded random weights, and a LoRA on every Linear
 (peft, the rank of the hot-swap slots), as a hot-swap row runs them; FP8 is the builder's own ``quantize_fp8``.
 
-Variants are ``NUMERICS[@MODE][+OPTION=VALUE...]``: ``bf16``, ``fp8`` or ``fp8_fused`` (the single block's
-``proj_out`` input in one pass, ``Recipe.fused_fp8_proj_out``; with ``--rank 0``), a ``torch.compile`` mode
+Variants are ``NUMERICS[@MODE][+OPTION=VALUE...]``: ``bf16``, ``fp8`` or ``fp8_fused`` (each GELU output's
+FP8 quantization in one pass, ``Recipe.fused_fp8_gelu``; with ``--rank 0``), a ``torch.compile`` mode
 (``fp8@max-autotune``), and Inductor options a recipe could set (``Recipe.inductor``), kept to the variant:
 ``fp8+triton.multi_kernel=1`` screens a setting on two blocks before a whole row is built with it.
 Writes ``block-profile.json`` after each variant (a job cut off keeps what it measured); on a CPU it runs at the
@@ -27,13 +27,13 @@ import torch
 
 from perf.build import compile_settings
 from perf.build.builder import quantize_fp8
-from perf.build.fused_fp8 import fuse_single_block
+from perf.build.fused_fp8 import fuse_double_block, fuse_single_block
 from perf.run.measure import time_rounds
 from perf.tools.profile_step import category, kernel_times
 
 FULL = {"width": 3072, "heads": 24, "head_dim": 128, "image_tokens": 4096, "text_tokens": 512}
 TINY = {"width": 64, "heads": 2, "head_dim": 32, "image_tokens": 64, "text_tokens": 16}
-NUMERICS = ("bf16", "fp8", "fp8_fused")  # fp8_fused: the single block's proj_out input as perf.build.fused_fp8 makes it
+NUMERICS = ("bf16", "fp8", "fp8_fused")  # fp8_fused: GELU outputs quantized as perf.build.fused_fp8 does
 
 
 def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> torch.nn.Module:
@@ -51,8 +51,8 @@ def make_block(kind: str, numerics: str, size: dict, rank: int, device: str) -> 
     block = block.to(device, torch.bfloat16).eval()
     if numerics in ("fp8", "fp8_fused"):
         quantize_fp8(block, set_inductor_config=False)
-    if numerics == "fp8_fused" and kind == "single":
-        fuse_single_block(block)  # refuses the LoRA path on proj_out: fp8_fused takes --rank 0
+    if numerics == "fp8_fused":  # refuses the LoRA path on the fused linears: fp8_fused takes --rank 0
+        (fuse_single_block if kind == "single" else fuse_double_block)(block)
     if rank == 0:
         return block
     linears = [name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)]
