@@ -252,6 +252,14 @@ RECIPES: dict[str, Recipe] = {
             "H200): a single block 1.413 against 1.506 ms of kernels, the same error against bf16 (the double "
             "blocks' part not yet measured). Opt-in until the row is measured on a GPU",
         ),
+        Recipe(
+            "optimized_fast_merged_fused_static_qk", ("h100", "h200"), attention="fa3_fp8",
+            fp8_attention_qk="static", fp8=True, compile="full", torchao_inductor_config=False, compile_vae=True,
+            compile_mode="reduce-overhead", merge_lora=True, fused_fp8_gelu=True, opt_in=True,
+            note="optimized_fast_merged_fused with optimized_fast_static_qk's q and k scales (2.3 ms a step on the "
+            "H200 alone): the candidate best row of issue 25, its images compared with the merged row's by "
+            "profile_step. Opt-in until measured on a GPU",
+        ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(
             "rtx4090_offload", ("rtx4090",), hotswap=False, offload=True,

@@ -7,9 +7,11 @@
 # The chains run under setsid: a process a call leaves running is killed when the call returns unless it started
 # its own session (2026-11-30: two chains started with plain nohup died with their call). Each polls /tmp/res into
 # $OUT/res.tgz every 20 s, so a call cut off at its limit still brings back what was written.
-# GPU0 runs the suite: baseline beside the merged row and its fused sibling, for the ratio (the stack check's
-# INTERNALERROR of 2026-12-01 fixed in b3565b6). GPU1 screens the fused kernel's launch shapes on two blocks
-# (TRITON_PRINT_AUTOTUNING names the one chosen), then profiles both rows' steps on one machine.
+# GPU0 runs the suite: baseline beside the merged row and its fused siblings, for the ratio (the stack check's
+# INTERNALERROR of 2026-12-01 fixed in b3565b6). GPU1 holds every launch shape of the fused kernel to torchao's
+# bytes (its GPU tests), screens them on two blocks (TRITON_PRINT_AUTOTUNING names the one chosen), then profiles
+# the merged row, the fused row and the fused row with static q/k scales on one machine (each later row's images
+# against the merged row's: its quality).
 set -u
 mode=${1:?start or poll}; wait_s=${2:-540}
 if [[ $mode == start ]]; then
@@ -23,14 +25,16 @@ if [[ $mode == start ]]; then
   opts="--no-cold-start --no-churn -p no:cacheprovider -rA"
   setsid nohup bash -c "export CUDA_VISIBLE_DEVICES=0
     python3 -m pytest tests/perf -m h200 $opts --no-serving \
-      --recipes baseline,optimized_fast_merged,optimized_fast_merged_fused \
+      --recipes baseline,optimized_fast_merged,optimized_fast_merged_fused,optimized_fast_merged_fused_static_qk \
       --results-dir /tmp/res/p0; echo rc=\$?; date; touch /tmp/res/done0" \
     > /tmp/res/gpu0.log 2>&1 < /dev/null &
   setsid nohup bash -c "export CUDA_VISIBLE_DEVICES=1 TRITON_PRINT_AUTOTUNING=1
+    python3 -m pytest tests/unit/test_fused_fp8.py -p no:cacheprovider -rA -k 'launch_shape or on_the_gpu'
+    echo rc=\$?
     python3 -m perf.tools.block_profile --rank 0 --repeats 20 --out /tmp/res/blocks --variants fp8,fp8_fused
     echo rc=\$?; date
     python3 -m perf.tools.profile_step --recipe optimized_fast_merged --recipe optimized_fast_merged_fused \
-      --out /tmp/res/profile; echo rc=\$?; date; touch /tmp/res/done1" \
+      --recipe optimized_fast_merged_fused_static_qk --out /tmp/res/profile; echo rc=\$?; date; touch /tmp/res/done1" \
     > /tmp/res/gpu1.log 2>&1 < /dev/null &
   sleep 5
 fi
