@@ -78,9 +78,8 @@ def gelu_cat_fp8_rowwise_triton(attn: torch.Tensor, mlp: torch.Tensor,
     h_cols = mlp.shape[1]
     data = torch.empty((rows, a_cols + h_cols), device=attn.device, dtype=torch.float8_e4m3fn)
     scale = torch.empty((rows, 1), device=attn.device, dtype=torch.float32)
-    args = (attn, mlp, data, scale, a_cols, h_cols, max(1, triton.next_power_of_2(a_cols)),
-            triton.next_power_of_2(h_cols),
-            torch.finfo(torch.float8_e4m3fn).max)
+    blocks = (max(1, triton.next_power_of_2(a_cols)), triton.next_power_of_2(h_cols))  # no attention part: 1, masked
+    args = (attn, mlp, data, scale, a_cols, h_cols, *blocks, torch.finfo(torch.float8_e4m3fn).max)
     if config is None:
         _gelu_cat_amax_fp8_rowwise[(rows,)](*args)
     else:
