@@ -29,6 +29,12 @@ def _gelu_bf16(m):
 
 
 @triton.jit
+def _scale(amax, FP8_MAX: tl.constexpr):
+    """torchao's: the bf16 amax divided by e4m3's max in bf16, then float32."""
+    return (amax / FP8_MAX).to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
 def _cast(x, scale, FP8_MAX: tl.constexpr):
     return tl.clamp(x / scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
 
@@ -49,7 +55,7 @@ def _gelu_cat_amax_fp8_rowwise(attn_ptr, mlp_ptr, out_ptr, scale_ptr, A: tl.cons
             cols = start + tl.arange(0, CHUNK)
             m = tl.load(mlp + cols, mask=cols < H, other=0.0).to(tl.float32)
             peak = tl.maximum(peak, tl.abs(_gelu_bf16(m)))
-        scale = (tl.max(peak, axis=0) / FP8_MAX).to(tl.bfloat16).to(tl.float32)  # torchao: the bf16 amax / max in bf16
+        scale = _scale(tl.max(peak, axis=0), FP8_MAX)
         tl.store(scale_ptr + row, scale)
         for start in tl.range(0, A, CHUNK):
             cols = start + tl.arange(0, CHUNK)
@@ -64,8 +70,7 @@ def _gelu_cat_amax_fp8_rowwise(attn_ptr, mlp_ptr, out_ptr, scale_ptr, A: tl.cons
         cols_h = tl.arange(0, BLOCK_H)
         a = tl.load(attn + cols_a, mask=cols_a < A, other=0.0).to(tl.float32)
         g = _gelu_bf16(tl.load(mlp + cols_h, mask=cols_h < H, other=0.0).to(tl.float32))
-        scale = (tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0)) / FP8_MAX).to(tl.bfloat16)
-        scale = scale.to(tl.float32)
+        scale = _scale(tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0)), FP8_MAX)
         tl.store(scale_ptr + row, scale)
         tl.store(out + cols_a, _cast(a, scale, FP8_MAX), mask=cols_a < A)
         tl.store(out + A + cols_h, _cast(g, scale, FP8_MAX), mask=cols_h < H)

@@ -64,3 +64,12 @@ def test_a_malformed_variant_is_one_usage_line_before_anything_runs(tmp_path, ca
     assert f"variant {variant!r}: " in err and says in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fused_numerics_with_a_lora_on_every_linear_is_one_usage_line(tmp_path, capsys):
+    """fp8_fused serves a merged adapter: its fused linears skip the LoRA path, so it takes --rank 0."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--variants", "fp8,fp8_fused", "--rank", "4", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "use it with --rank 0" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ import perf.build.fused_fp8 as fused_fp8
 from perf.build.builder import build_pipeline
 from perf.errors import SuiteError
 from perf.spec.recipes import get_recipe
+from perf.tools.block_profile import relative_error
 
 FUSED = dataclasses.replace(get_recipe("no_fa3_fp8"), name="no_fa3_fp8_fused", fp8=True, merge_lora=True,
                             fused_fp8_gelu=True)
@@ -77,11 +78,6 @@ def per_row_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]
     """A per-row e4m3 weight as torchao stores one (torchao is a GPU extra, not in the CPU venv)."""
     scale = (weight.abs().amax(dim=-1, keepdim=True) / 448.0).float()
     return (weight.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale, False
-
-
-def relative_error(outputs, reference) -> float:
-    diff = sum(float((o.float() - r.float()).square().sum()) for o, r in zip(outputs, reference, strict=True))
-    return (diff / sum(float(r.float().square().sum()) for r in reference)) ** 0.5
 
 
 @pytest.fixture
