@@ -1,35 +1,24 @@
 #!/usr/bin/env bash
 # This session's plan (issue 25) on one nvidia-h200 (no two-GPU machine lent), as device-tool calls:
-#   first call:  bash docs/results/2026-12-01-h200-fused/plan.sh start 540   carry [".whl/dep"]
+#   first call:  bash docs/results/2026-12-01-h200-fused/plan.sh start 540 CHAIN   carry [".whl/dep"]
 #   later calls: bash docs/results/2026-12-01-h200-fused/plan.sh poll 560    (timeout 600)
 # .whl/dep: diffusers 0.42.1, torchao 0.17.0, fa3-fwd 0.0.3, importlib_metadata, pydantic, pydantic-core,
 # annotated-types, typing-inspection, typing_extensions (pip download --no-deps, Python 3.12, manylinux x86_64).
 # One chain under setsid (a process a call leaves running dies with the call otherwise), polled into $OUT/res.tgz
-# every 20 s. In order of what the issue needs: the fused kernel's GPU tests (every launch shape against torchao's
-# bytes; TRITON_PRINT_AUTOTUNING names the shape picked), the suite with baseline beside the two fused rows (the
-# ratio, every check), the step profiles of both fused rows (the static row's images against the fused row's: its
-# quality), then the block screen.
+# every 20 s. CHAIN: the commands (chain-1.sh, then chain-2.sh with the kernel's cheaper GELU), relative to the
+# tree's root.
 set -u
-mode=${1:?start or poll}; wait_s=${2:-540}
+mode=${1:?start or poll}; wait_s=${2:-540}; chain=${3:-}
 if [[ $mode == start ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/dep/*.whl || exit 1
   rm -rf /tmp/tree && cp -a . /tmp/tree && cd /tmp/tree || exit 1
+  [[ -f $chain ]] || exit 1
   export PYTHONPATH=/tmp/site:/tmp/tree TRITON_PRINT_AUTOTUNING=1
   mkdir -p /tmp/res
   python3 -c "import perf.judge.record, diffusers, torchao, fa3_fwd_interface" || exit 1
   { git log -1 --format=%h 2>/dev/null; date; nvidia-smi; } > /tmp/res/machine.txt 2>&1
-  setsid nohup bash -c "
-    python3 -m pytest tests/unit/test_fused_fp8.py -p no:cacheprovider -rA -k 'launch_shape or on_the_gpu'
-    echo rc=\$?; date
-    python3 -m pytest tests/perf -m h200 --no-cold-start --no-churn --no-serving -p no:cacheprovider -rA \
-      --recipes baseline,optimized_fast_merged_fused_static_qk,optimized_fast_merged_fused --results-dir /tmp/res/p0
-    echo rc=\$?; date
-    python3 -m perf.tools.profile_step --recipe optimized_fast_merged_fused \
-      --recipe optimized_fast_merged_fused_static_qk --out /tmp/res/profile
-    echo rc=\$?; date
-    python3 -m perf.tools.block_profile --rank 0 --repeats 20 --out /tmp/res/blocks --variants fp8,fp8_fused
-    echo rc=\$?; date; touch /tmp/res/done" > /tmp/res/gpu.log 2>&1 < /dev/null &
+  setsid nohup bash "$chain" > /tmp/res/gpu.log 2>&1 < /dev/null &
   sleep 5
 fi
 end=$((SECONDS + wait_s))
