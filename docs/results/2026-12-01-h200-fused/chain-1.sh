@@ -1,4 +1,4 @@
-# The first call's chain (commit baf1e85's tree): the fused kernel's GPU tests, the suite with baseline beside both fused
+# The first call's chain (the tree of baf1e85, whose code is afcb197's): the fused kernel's GPU tests, the suite with baseline beside both fused
 # rows, the step profiles of both fused rows (the static row's images against the fused row's), the block screen.
 python3 -m pytest tests/unit/test_fused_fp8.py -p no:cacheprovider -rA -k 'launch_shape or on_the_gpu'
 echo rc=$?; date
