@@ -2,12 +2,13 @@
 CUDA runs it (Triton is not installed with CPU torch). Its name holds "amax", which the profiles count as FP8
 activation quantization.
 
-Two shapes, chosen per width by Triton's autotuner on the device (``TRITON_PRINT_AUTOTUNING=1`` names the pick):
-the whole row (15360 values at FLUX.1-dev's width) held in registers, each input read once from memory; or the row
-in chunks, twice (the amax, then the cast), the second read served by L2 while few registers let many rows run per
-SM. On the H200 (2026-12-01, ``block_profile --rank 0``), with the whole-row shape alone, it took 0.145 ms a single
-block where Inductor's two passes take 0.244 (the block 1.413 ms of kernels against 1.506): 212 MB in 0.145 ms is
-1.5 TB/s, a third of the bandwidth; the chunked shape is the candidate for the rest, not yet measured."""
+The whole row (15360 values at FLUX.1-dev's width) is held in registers and each input read once from memory; the
+autotuner picks the warps per row on the device (``TRITON_PRINT_AUTOTUNING=1`` names the pick). On the H200
+(2026-12-01, ``block_profile --rank 0``) it picks 8 warps for a single block's row and 8-32 for a feed-forward's
+12288; a chunked shape (the row read twice, the second time from L2) was never picked, and was dropped. With
+libdevice's tanh the kernel took 0.145 ms a single block where Inductor's two passes take 0.244; with the GELU
+below, 0.123 ms of quantization a single block (a block 1.329 ms of kernels against 1.525 unfused), and a double
+block 1.515 against 1.642."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-CONFIGS = [triton.Config({"CHUNKED": False, "CHUNK": 1}, num_warps=warps) for warps in (4, 8, 16, 32)] + [
-    triton.Config({"CHUNKED": True, "CHUNK": chunk}, num_warps=warps) for chunk in (1024, 2048, 4096)
-    for warps in (4, 8)]
+CONFIGS = [triton.Config({}, num_warps=warps) for warps in (4, 8, 16, 32)]
 
 
 @triton.jit
@@ -47,38 +46,17 @@ def _cast(x, scale, FP8_MAX: tl.constexpr):
 @triton.autotune(configs=CONFIGS, key=["A", "H"])
 @triton.jit
 def _gelu_cat_amax_fp8_rowwise(attn_ptr, mlp_ptr, out_ptr, scale_ptr, A: tl.constexpr, H: tl.constexpr,
-                               BLOCK_A: tl.constexpr, BLOCK_H: tl.constexpr, FP8_MAX: tl.constexpr,
-                               CHUNKED: tl.constexpr, CHUNK: tl.constexpr):
+                               BLOCK_A: tl.constexpr, BLOCK_H: tl.constexpr, FP8_MAX: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     attn, mlp, out = attn_ptr + row * A, mlp_ptr + row * H, out_ptr + row * (A + H)
-    if CHUNKED:
-        peak = tl.zeros([CHUNK], dtype=tl.float32)
-        for start in tl.range(0, A, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
-            peak = tl.maximum(peak, tl.abs(tl.load(attn + cols, mask=cols < A, other=0.0).to(tl.float32)))
-        for start in tl.range(0, H, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
-            m = tl.load(mlp + cols, mask=cols < H, other=0.0).to(tl.float32)
-            peak = tl.maximum(peak, tl.abs(_gelu_bf16(m)))
-        scale = _scale(tl.max(peak, axis=0), FP8_MAX)
-        tl.store(scale_ptr + row, scale)
-        for start in tl.range(0, A, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
-            a = tl.load(attn + cols, mask=cols < A, other=0.0).to(tl.float32)
-            tl.store(out + cols, _cast(a, scale, FP8_MAX), mask=cols < A)
-        for start in tl.range(0, H, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
-            m = tl.load(mlp + cols, mask=cols < H, other=0.0).to(tl.float32)
-            tl.store(out + A + cols, _cast(_gelu_bf16(m), scale, FP8_MAX), mask=cols < H)
-    else:
-        cols_a = tl.arange(0, BLOCK_A)
-        cols_h = tl.arange(0, BLOCK_H)
-        a = tl.load(attn + cols_a, mask=cols_a < A, other=0.0).to(tl.float32)
-        g = _gelu_bf16(tl.load(mlp + cols_h, mask=cols_h < H, other=0.0).to(tl.float32))
-        scale = _scale(tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0)), FP8_MAX)
-        tl.store(scale_ptr + row, scale)
-        tl.store(out + cols_a, _cast(a, scale, FP8_MAX), mask=cols_a < A)
-        tl.store(out + A + cols_h, _cast(g, scale, FP8_MAX), mask=cols_h < H)
+    cols_a = tl.arange(0, BLOCK_A)
+    cols_h = tl.arange(0, BLOCK_H)
+    a = tl.load(attn + cols_a, mask=cols_a < A, other=0.0).to(tl.float32)
+    g = _gelu_bf16(tl.load(mlp + cols_h, mask=cols_h < H, other=0.0).to(tl.float32))
+    scale = _scale(tl.maximum(tl.max(tl.abs(a), axis=0), tl.max(tl.abs(g), axis=0)), FP8_MAX)
+    tl.store(scale_ptr + row, scale)
+    tl.store(out + cols_a, _cast(a, scale, FP8_MAX), mask=cols_a < A)
+    tl.store(out + A + cols_h, _cast(g, scale, FP8_MAX), mask=cols_h < H)
 
 
 def gelu_cat_fp8_rowwise_triton(attn: torch.Tensor, mlp: torch.Tensor,
