@@ -7,8 +7,8 @@ autotuner picks the warps per row on the device (``TRITON_PRINT_AUTOTUNING=1`` n
 (2026-12-01, ``block_profile --rank 0``) it picks 8 warps for a single block's row and 8-32 for a feed-forward's
 12288; a chunked shape (the row read twice, the second time from L2) was never picked, and was dropped. With
 libdevice's tanh the kernel took 0.145 ms a single block where Inductor's two passes take 0.244; with the GELU
-below, 0.123 ms of quantization a single block (a block 1.329 ms of kernels against 1.525 unfused), and a double
-block 1.515 against 1.642."""
+below, about 0.076 ms (2.8 TB/s; 3.63 ms a step of the best row's 72), a single block 1.329 ms of kernels against
+1.525 unfused and a double block 1.515 against 1.642."""
 
 from __future__ import annotations
 

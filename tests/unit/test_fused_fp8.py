@@ -173,12 +173,12 @@ def test_the_builder_fuses_every_block_once_the_adapter_is_merged(tiny_spec, mon
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel and torchao need CUDA")
 
 # The e4m3 bytes the kernel may write otherwise than torchao's eager quantization of the same bf16 values, from two
-# known causes: Triton divides by the scale with its approximate division, which moves e4m3 ties (2.1e-4 of the
-# bytes in a CPU emulation of x * (1 / s) at FLUX's width), and the kernel's GELU rounds to another bf16 in the
-# negative tail (7e-5 emulated). Measured on the H200 (2026-12-01): 2.65e-4 with the attention part, 2.59e-4
-# without, the same for every launch shape (each run gives the same bytes: no false alarm on an unchanged stack).
-# The smallest real defect measured, the GELU left unrounded to bf16, moves 1.06% (21x the tolerance); GELU's erf
-# form instead of tanh 9.9%.
+# causes: the division by the scale, most likely Triton's approximate one, moves e4m3 ties (a CPU emulation of
+# x * (1 / s) at FLUX's width moves 2.1e-4 of the bytes, the libdevice-tanh kernel read 2.0e-4), and the kernel's
+# GELU rounds to another bf16 in the negative tail (7e-5 emulated). Measured on the H200 (2026-12-01, one run): 2.65e-4
+# with the attention part, 2.59e-4 without, the same for every launch shape; the kernel keeps each row on one program
+# and has no atomics, so a rerun writes the same bytes. The smallest real defect measured, the GELU left unrounded
+# to bf16, moves 1.06% (21x the tolerance); GELU's erf form instead of tanh 9.9%.
 BYTES_OFF_MAX = 5e-4
 # A block's output from bytes that differ by one e4m3 step (at most 2^-3 of the value) in a fraction f of the
 # linear's input: a relative error of about sqrt(f) * 2^-3, so 2.8e-3 at BYTES_OFF_MAX. Measured on the H200:
@@ -193,7 +193,7 @@ def bytes_off(data: torch.Tensor, expected: torch.Tensor) -> float:
 
 @needs_cuda
 def test_every_launch_shape_writes_torchaos_bytes_at_flux_width():
-    """The autotuner's pick and each shape it may pick (whole row, chunked), against torchao's ``from_hp``; the
+    """The autotuner's pick and each launch shape it may pick (warps per row), against torchao's ``from_hp``; the
     GELU left unrounded to bf16 (the smallest defect) must read above the tolerance."""
     from torchao.quantization import Float8Tensor, PerRow
 
