@@ -182,7 +182,8 @@ def _pairs(runs: list[Record]) -> list[tuple[Record, Record]]:
 
 
 def _scaled_latency(record: Record, factor: float) -> Record:
-    latency = Latency.of([s * factor for s in record.latency.samples_s], record.latency.timer)
+    latency = Latency.of([s * factor for s in record.latency.samples_s], record.latency.timer,
+                         adapters=list(record.latency.adapters))
     return dataclasses.replace(record, latency=latency)
 
 

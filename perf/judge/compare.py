@@ -16,6 +16,12 @@ the time (the old 1.5% margin: 73%), identical pairs never, a true 7% slowdown 9
 77%: slowdowns under about 5% are below what one run on one fresh machine can tell from the machine. The ``cpu``
 profile uses a wider margin still (``PROFILE_LATENCY_THRESHOLDS``): at 5% CV it false-alarms 0.2% of the time and
 catches a 20% slowdown 98% of the time, but a 5% slowdown only 10% of the time.
+
+Hot-swap rows time each round on the pool's next adapter, and on the H200's power cap the adapters run 6-10% apart
+(an adapter's data sets the clock). Where both sides rotated through the same adapters in the same order, the
+interval is of the median of the rounds' paired ratios instead: in the same simulations with the adapters 0-5.5%
+apart, 3 rounds at 1% CV catch a 7% slowdown 99% of the time paired and 38% unpaired, and the 2.4% machine shift
+at 0.5% CV flags 0.6% of the time.
 """
 
 from __future__ import annotations
@@ -175,6 +181,27 @@ def median_ratio_interval(
     return np.moveaxis(np.quantile(cand / base, [tail, 1 - tail], axis=-1), 0, -1)
 
 
+def paired_ratio_interval(
+    baseline: np.ndarray, candidate: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> np.ndarray:
+    """Percentile bootstrap interval of the median of candidate_i / baseline_i, round i of each side having served
+    the same adapter (``paired_by_adapter``), shape ``(..., 2)``: what the adapters' own speeds make differ cancels
+    in each ratio, and only the noise of one adapter's image is left."""
+    rng = np.random.default_rng(seed)
+    ratios = np.asarray(candidate, dtype=float) / np.asarray(baseline, dtype=float)
+    tail = (1 - confidence) / 2
+    return np.moveaxis(np.quantile(bootstrap_medians(ratios, resamples, rng), [tail, 1 - tail], axis=-1), 0, -1)
+
+
+def paired_by_adapter(baseline: RunRecord, candidate: RunRecord) -> bool:
+    """Both sides' rounds rotated through the same adapters in the same order (hot-swap rows serve the pool's next
+    adapter each round). On a power-capped GPU an adapter's data sets the clock: the H200's pool runs 6-10% apart,
+    which an unpaired interval has to span (the fastest row's smallest caught slowdown was 20%)."""
+    base, cand = baseline.latency.adapters, candidate.latency.adapters
+    return bool(base) and base == cand and len(set(base)) > 1
+
+
 def classify_interval(interval: np.ndarray, threshold: float) -> np.ndarray:
     """"regressed" when the whole interval lies above 1 + threshold, "improved" below 1 - threshold, else "ok"."""
     low, high = interval[..., 0], interval[..., 1]
@@ -242,12 +269,18 @@ def compare_latency(recipe: str, baseline: RunRecord, candidate: RunRecord, thre
         return Verdict.incomparable(
             recipe, metric, f"{len(base)} baseline / {len(cand)} candidate samples; at least {MIN_ROUNDS} a side "
             "are needed", *medians)
-    interval = median_ratio_interval(np.array(base), np.array(cand), confidence)
-    outcome = str(classify_interval(interval, threshold))
-    low, high = (float(x) for x in interval)
     b, c = float(np.median(base)), float(np.median(cand))
     reason = f"{confidence:.0%} interval vs 1 +/- {threshold:.1%}; {len(base)}/{len(cand)} samples"
-    return Verdict(recipe, metric, outcome, b, c, c / b, (low, high), reason + rounds_note(baseline, candidate))
+    if paired_by_adapter(baseline, candidate):
+        interval = paired_ratio_interval(np.array(base), np.array(cand), confidence)
+        ratio = float(np.median(np.array(cand) / np.array(base)))
+        reason += ", each round's ratio to the other side's round on the same adapter"
+    else:
+        interval = median_ratio_interval(np.array(base), np.array(cand), confidence)
+        ratio = c / b
+    outcome = str(classify_interval(interval, threshold))
+    low, high = (float(x) for x in interval)
+    return Verdict(recipe, metric, outcome, b, c, ratio, (low, high), reason + rounds_note(baseline, candidate))
 
 
 def rounds_note(baseline: RunRecord, candidate: RunRecord) -> str:
