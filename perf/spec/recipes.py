@@ -105,7 +105,7 @@ class Recipe:
     def eager_reference(self) -> Recipe:
         """The same numerics without compile or hot-swap preparation: a fresh pipeline to check a swap against,
         its adapter through peft's LoRA layers (so the GELU outputs quantized by torchao, not fused: the same e4m3
-        bytes but about 2e-4 of them on the H200)."""
+        bytes but for 2.6e-4 of them on the H200)."""
         return dataclasses.replace(self.uncompiled(), name=f"{self.name}:reference", hotswap=False, merge_lora=False,
                                    fused_fp8_gelu=False)
 
