@@ -4,9 +4,11 @@ read; GPU peak memory comes from the caching allocator, CPU peak from the proces
 from __future__ import annotations
 
 import contextlib
+import signal
+import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -113,16 +115,75 @@ def assert_no_leak(start_gib: float, device_type: str, slack_gib: float) -> floa
     return now
 
 
+def smi_query(fields: str) -> list[str]:
+    """``nvidia-smi``'s query of ``fields`` for the device this process runs on, by UUID (CUDA_VISIBLE_DEVICES
+    renumbers devices)."""
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
+    return ["nvidia-smi", f"--id=GPU-{uuid}", f"--query-gpu={fields}", "--format=csv,noheader,nounits"]
+
+
 def gpu_state(device_type: str) -> dict[str, float]:
-    """The GPU's SM clock (MHz), power (W) and temperature (C) now, from ``nvidia-smi`` for the device this process
-    runs on (by UUID: CUDA_VISIBLE_DEVICES renumbers devices); empty on a CPU or where it cannot be read."""
+    """The GPU's SM clock (MHz), power (W) and temperature (C) now, from ``nvidia-smi``; empty on a CPU or where it
+    cannot be read."""
     if device_type != "cuda":
         return {}
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
-    query = ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
-             "--format=csv,noheader,nounits"]
     try:
-        fields = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.split(",")
-        return dict(zip(("sm_clock_mhz", "power_w", "temperature_c"), map(float, fields), strict=True))
+        run = subprocess.run(smi_query("clocks.sm,power.draw,temperature.gpu"), capture_output=True, text=True,
+                             timeout=10, check=True)
+        return dict(zip(("sm_clock_mhz", "power_w", "temperature_c"), map(float, run.stdout.split(",")),
+                        strict=True))
     except (OSError, subprocess.SubprocessError, ValueError):
         return {}
+
+
+POWER_CAP = 0x4  # nvidia-smi's clocks_event_reasons bit: the clock held down by the software power cap
+
+
+def summarize_gpu_samples(text: str) -> dict[str, float]:
+    """The mean SM clock (MHz) and power (W) of ``nvidia-smi``'s lines of ``clocks.sm,power.draw,
+    clocks_event_reasons.active``, the share of them held down by the power cap, and how many there were; empty
+    where no line could be read."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            clock, power, reasons = (field.strip() for field in line.split(","))
+            rows.append((float(clock), float(power), int(reasons, 16)))
+        except ValueError:
+            continue
+    if not rows:
+        return {}
+    return {"sm_clock_mhz_mean": statistics.fmean(r[0] for r in rows),
+            "power_w_mean": statistics.fmean(r[1] for r in rows),
+            "power_capped_share": sum(bool(r[2] & POWER_CAP) for r in rows) / len(rows), "samples": len(rows)}
+
+
+@contextlib.contextmanager
+def gpu_sampled(device_type: str, interval_ms: int = 50) -> Iterator[dict[str, float]]:
+    """The GPU's clock and power over the block, sampled every ``interval_ms`` by ``nvidia-smi`` in its own process
+    (a thread of this one would take the GIL from the launches it measures); the dict yielded is filled on exit
+    (``summarize_gpu_samples``; empty on a CPU or where nothing could be read). Why: at the H200's power cap an
+    image's seconds follow its clock, and a reading after the image reads the clock after the load has dropped
+    (2026-12-01: the slowest adapter's images read 1830-1860 MHz after them). Seconds times the mean clock, the
+    cycles an image took, say whether the clock explains a difference in time."""
+    summary: dict[str, float] = {}
+    if device_type != "cuda":
+        yield summary
+        return
+    try:
+        sampler = subprocess.Popen([*smi_query("clocks.sm,power.draw,clocks_event_reasons.active"),
+                                    f"--loop-ms={interval_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True)
+    except OSError:
+        yield summary
+        return
+    first = sampler.stdout.readline()  # the block starts once it samples (starting it takes a fraction of a second)
+    try:
+        yield summary
+    finally:
+        sampler.send_signal(signal.SIGINT)  # its loop ends on ^C as it would at a terminal, writing what it read
+        try:
+            out, _ = sampler.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            out, _ = sampler.communicate()
+        summary.update(summarize_gpu_samples(first + out))

@@ -36,7 +36,7 @@ import torch
 from perf.build import compile_settings
 from perf.build.builder import BuiltPipeline, attention_shape, build_pipeline
 from perf.judge.record import IDENTITY_FIELDS, to_data
-from perf.run.measure import gpu_state, synchronize, time_rounds, timed
+from perf.run.measure import gpu_sampled, synchronize, time_rounds, timed
 from perf.run.quality import fidelity
 from perf.run.recording import identity
 from perf.spec.profiles import resolve_profile
@@ -157,11 +157,11 @@ class AdapterImages:
 def per_adapter_images(built: BuiltPipeline, rounds: int) -> AdapterImages:
     """Seconds of ``rounds`` images with each adapter of the pool hot-swapped in (the swap untimed), round-robin
     (each round swaps through the pool in order), the first adapter back in place afterwards; and every image in
-    the order served, with the GPU's clock, power and temperature after it (``gpu_state``). Round-robin, an
+    the order served, with the GPU's mean clock and power while it was made (``gpu_sampled``). Round-robin, an
     adapter's own cost shows as its rounds alike, and a drift in time (a clock falling as the GPU heats) as every
     adapter's later rounds slower. On the H200 (2026-11-30) it was the adapter: the merged row's images were 0.4%
-    apart for one adapter and 10.5% between the pool's four, in the same order every round, at the GPU's power cap,
-    where the data multiplied sets the clock (1665-1725 against 1890-1920 MHz)."""
+    apart for one adapter and 10.5% between the pool's four, in the same order every round, at the GPU's power
+    cap; the seconds times the mean clock (``clock_explains``) say whether the clock is why."""
     device_type, measured = built.device_type, AdapterImages({}, [], {})
     for _ in range(rounds):
         for adapter in built.spec.pool.adapters:
@@ -169,13 +169,32 @@ def per_adapter_images(built: BuiltPipeline, rounds: int) -> AdapterImages:
             # torchao-quantized transformer fails ("Cannot set version_counter for inference tensor", H200)
             with torch.inference_mode(False):
                 built.load_adapter(adapter)
-            seconds, image = timed(built.generate, device_type)
+            synchronize(device_type)
+            with gpu_sampled(device_type) as during:
+                seconds, image = timed(built.generate, device_type)
             measured.seconds.setdefault(adapter.name, []).append(seconds)
             measured.images.setdefault(adapter.name, image)
-            measured.served.append({"adapter": adapter.name, "seconds": seconds, **gpu_state(device_type)})
+            measured.served.append({"adapter": adapter.name, "seconds": seconds, **during})
     with torch.inference_mode(False):
         built.load_adapter(built.first)
     return measured
+
+
+def clock_explains(served: list[dict]) -> dict[str, dict[str, float]]:
+    """Per adapter, the median seconds of its images, the median of their mean SM clocks, and the median of
+    seconds x clock (megacycles): where the adapters' seconds differ and their megacycles do not, the clock is why
+    (at the power cap, what the GPU multiplies sets it); where the megacycles differ too, the adapter costs the
+    kernels more at any clock. Empty where the clock was not sampled."""
+    if not served or any("sm_clock_mhz_mean" not in image for image in served):
+        return {}
+    by_adapter: dict[str, list[dict]] = {}
+    for image in served:
+        by_adapter.setdefault(image["adapter"], []).append(image)
+    return {adapter: {"seconds": statistics.median(i["seconds"] for i in images),
+                      "sm_clock_mhz": statistics.median(i["sm_clock_mhz_mean"] for i in images),
+                      "megacycles": statistics.median(i["seconds"] * i["sm_clock_mhz_mean"] for i in images),
+                      "power_capped_share": statistics.median(i["power_capped_share"] for i in images)}
+            for adapter, images in by_adapter.items()}
 
 
 def fidelity_against(images: dict[str, np.ndarray], reference: tuple[str, dict[str, np.ndarray]]) -> dict:
@@ -229,7 +248,8 @@ def profile_recipe(recipe_name: str, out: Path, spec: RunSpec, rounds: int = 3,
         if recipe.hotswap:
             measured = per_adapter_images(built, rounds)
             images = measured.images
-            result["image"] |= {"per_adapter_s": measured.seconds, "served": measured.served}
+            result["image"] |= {"per_adapter_s": measured.seconds, "served": measured.served,
+                                "clock": clock_explains(measured.served)}
             if reference is not None:
                 result["image"]["fidelity"] = fidelity_against(images, reference)
         save()
@@ -292,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             spread = max(per_adapter.values()) / min(per_adapter.values()) - 1
             print("  images per adapter (median s): " + ", ".join(f"{n} {v:.3f}" for n, v in per_adapter.items())
                   + f"; {spread:.1%} apart")
+        clock = result["image"].get("clock")
+        if clock:
+            cycles = [row["megacycles"] for row in clock.values()]
+            print("  mean SM clock while each adapter's images ran (median MHz): " + ", ".join(
+                f"{n} {row['sm_clock_mhz']:.0f} ({row['power_capped_share']:.0%} power-capped)"
+                for n, row in clock.items()) + f"; seconds x clock {max(cycles) / min(cycles) - 1:.1%} apart")
         compared = result["image"].get("fidelity")
         if compared:
             print(f"  against {compared['against']}'s images: PSNR {compared['worst_psnr']:.1f} dB, SSIM "

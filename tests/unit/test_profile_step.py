@@ -4,12 +4,14 @@ run on the tiny model (the GPU run differs only in its timers, its profiler acti
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
+from perf.run.measure import gpu_sampled, summarize_gpu_samples
 from perf.run.quality import PSNR_CEILING
-from perf.tools.profile_step import breakdown, category, fidelity_against, main, step_flops
+from perf.tools.profile_step import breakdown, category, clock_explains, fidelity_against, main, step_flops
 
 # Kernel names read off the H100 profiles in baselines/h100/profiles/.
 KERNELS = {
@@ -62,6 +64,7 @@ def test_profiles_a_recipe_on_the_tiny_model(tmp_path, monkeypatch, tiny_cache, 
     assert all(len(seconds) == 3 for seconds in per_adapter.values())
     served = [image["adapter"] for image in result["image"]["served"]]  # round-robin, so time and adapter part
     assert served == list(per_adapter) * 3
+    assert result["image"]["clock"] == {}  # no GPU: no clock sampled, nothing invented
     assert result["step"]["gpu_kernel_ms"] > 0 and result["step"]["wall_ms"] > 0
     assert result["step"]["by_category"]  # the tiny step's CPU operators, sorted into categories
     assert "floor" not in result  # the floor needs a GPU's matmul ceilings
@@ -79,3 +82,49 @@ def test_images_are_compared_adapter_by_adapter():
     swapped = fidelity_against({"a": other}, ("ref", {"a": right, "b": other}))
     assert (same["worst_psnr"], same["worst_ssim"]) == (PSNR_CEILING, pytest.approx(1.0))
     assert swapped["worst_psnr"] < 10 and swapped["worst_ssim"] < 0.1
+
+
+# nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_event_reasons.active --format=csv,noheader,nounits, as the H200
+# wrote it under load (2026-11-30, docs/results/2026-11-30-h200-merged/profile-2/smi.csv): 0x4 is the power cap
+SMI_LINES = "1695, 677.62, 0x0000000000000004\n1890, 640.10, 0x0000000000000000\n[N/A], [N/A], [N/A]\n"
+
+
+def test_the_sampled_clock_is_the_mean_of_what_nvidia_smi_wrote():
+    summary = summarize_gpu_samples(SMI_LINES)
+    assert summary == {"sm_clock_mhz_mean": 1792.5, "power_w_mean": pytest.approx(658.86),
+                       "power_capped_share": 0.5, "samples": 2}  # the unreadable line skipped, not read as 0
+    assert summarize_gpu_samples("") == {}
+
+
+def test_the_sampler_runs_beside_the_block_and_stops_with_it(monkeypatch):
+    """A stand-in for nvidia-smi's loop (one line every 10 ms until ^C): what it wrote while the block ran comes
+    back, and the block waits for its first line."""
+    loop = "trap 'exit 0' INT; while true; do echo '1700, 650.5, 0x0000000000000004'; sleep 0.01; done"
+    monkeypatch.setattr("perf.run.measure.smi_query", lambda fields: ["bash", "-c", loop])
+    with gpu_sampled("cuda") as during:
+        time.sleep(0.2)
+    assert during["sm_clock_mhz_mean"] == 1700.0 and during["power_capped_share"] == 1.0
+    assert 2 <= during["samples"] <= 25  # about 20 in 0.2 s; fewer where a loaded CPU forks slowly
+
+
+def test_no_gpu_samples_nothing():
+    with gpu_sampled("cpu") as during:
+        pass
+    assert during == {}
+
+
+def served(adapter: str, seconds: float, clock: float) -> dict:
+    return {"adapter": adapter, "seconds": seconds, "sm_clock_mhz_mean": clock, "power_capped_share": 1.0}
+
+
+def test_adapters_apart_only_by_their_clock_took_the_same_cycles():
+    by_clock = clock_explains([served("a", 2.3, 1870.0), served("b", 2.53, 1700.0), served("a", 2.3, 1870.0)])
+    assert by_clock["a"]["megacycles"] == pytest.approx(by_clock["b"]["megacycles"])
+    assert by_clock["b"]["seconds"] / by_clock["a"]["seconds"] == pytest.approx(1.1)
+    # the control: the same 10% at the same clock is the adapter's own cost, and shows in its cycles
+    own_cost = clock_explains([served("a", 2.3, 1870.0), served("b", 2.53, 1870.0)])
+    assert own_cost["b"]["megacycles"] / own_cost["a"]["megacycles"] == pytest.approx(1.1)
+
+
+def test_no_verdict_on_the_clock_where_an_image_was_not_sampled():
+    assert clock_explains([served("a", 2.3, 1870.0), {"adapter": "b", "seconds": 2.5}]) == {}
