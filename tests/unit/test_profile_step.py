@@ -84,8 +84,8 @@ def test_images_are_compared_adapter_by_adapter():
     assert swapped["worst_psnr"] < 10 and swapped["worst_ssim"] < 0.1
 
 
-# nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_event_reasons.active --format=csv,noheader,nounits, as the H200
-# wrote it under load (2026-11-30, docs/results/2026-11-30-h200-merged/profile-2/smi.csv): 0x4 is the power cap
+# what nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_event_reasons.active --format=csv,noheader,nounits writes,
+# with figures of the H200 at load (docs/results/2026-11-30-h200-merged/profile-2/smi.csv); 0x4 is the power cap
 SMI_LINES = "1695, 677.62, 0x0000000000000004\n1890, 640.10, 0x0000000000000000\n[N/A], [N/A], [N/A]\n"
 
 
