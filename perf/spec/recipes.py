@@ -258,9 +258,10 @@ RECIPES: dict[str, Recipe] = {
             fp8_attention_qk="static", fp8=True, compile="full", torchao_inductor_config=False, compile_vae=True,
             compile_mode="reduce-overhead", merge_lora=True, fused_fp8_gelu=True, opt_in=True,
             note="optimized_fast_merged_fused with optimized_fast_static_qk's q and k scales: the fastest hot-swap "
-            "row (issue 25). On the H200 (2026-12-01): 2.367 s against baseline's 5.701 s in one session (2.41x), "
-            "72.0 ms of kernels a step; its images against the same row's with dynamic q/k scales at PSNR 42.1 dB "
-            "or more. Opt-in: another serving mode, as optimized_fast_merged",
+            "row (issue 25). On the H200 (2026-12-01): 2.367-2.391 s against baseline's 5.70-5.79 s on three machines "
+            "(2.41-2.42x), churn and cold start passing, 72-73 ms of kernels a step; its images against the same "
+            "row's with dynamic q/k scales at PSNR 42.1 dB or more. Opt-in: another serving mode, as "
+            "optimized_fast_merged",
         ),
         # --- the seed's RTX 4090 recipes (run_exps_rtx_4090.sh) ------------------------------------------------
         Recipe(
